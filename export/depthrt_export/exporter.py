@@ -1,0 +1,197 @@
+"""`depthrt export`: weights -> bundle (manifest.json + ONNX graph), checked against PyTorch."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from depthrt.errors import OutputError, ParityError, WeightsError
+from depthrt.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file, validate_manifest, write_json_atomic
+from depthrt.presets import find_preset
+from depthrt.progress import step
+
+from .hf_processing import processing_from_hf
+from .specs import FAMILIES, family_for_config, size_range
+from .weights import Weights, resolve_weights
+
+ONNX_LIMIT = 2 * 1024**3  # protobuf's 2 GB limit: above it the weights go to external data
+MAX_BATCH = 8
+
+
+def _tool_versions() -> dict:
+    out = {}
+    for dist in ("depthrt", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse before any work if ``out`` cannot be (re)placed."""
+    if out.exists():
+        if not out.is_dir() or not (out / MANIFEST_NAME).is_file():
+            raise OutputError(
+                f"'{out}' exists and is not a depthrt bundle; refusing to replace it (even with --force): "
+                "choose another --out"
+            )
+        if not force:
+            raise OutputError(f"bundle '{out}' already exists; pass --force to replace it, or choose another --out")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create '{parent}': {exc.strerror}; choose another --out") from None
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"'{parent}' is not writable; choose another --out")
+
+
+def graph_dynamic(weights: Weights, spec, preprocessing: dict) -> dict:
+    """Allowed batch/height/width of the graph, from the processor's size rule and the patch size."""
+    pp = json.loads((weights.path / "preprocessor_config.json").read_text())
+    size = pp.get("size") or {}
+    keep = bool(pp.get("keep_aspect_ratio", False))
+    proc_multiple = int(pp.get("ensure_multiple_of", 1) or 1)
+    patch = spec.patch_size(weights.config)
+    multiple = proc_multiple * patch // math.gcd(proc_multiple, patch)
+    opt_h = int(size.get("height", 384))
+    opt_w = int(size.get("width", opt_h))
+    return {
+        "batch": {"min": 1, "opt": 1, "max": MAX_BATCH},
+        "height": size_range(opt_h, multiple, keep),
+        "width": size_range(opt_w, multiple, keep),
+    }
+
+
+def _load_preprocessor_config(weights: Weights) -> dict:
+    path = weights.path / "preprocessor_config.json"
+    if not path.is_file():
+        raise WeightsError(f"'{weights.path}' has no preprocessor_config.json; depthrt takes the preprocessing "
+                           "from it: download it with the weights")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"'{path}' is not valid JSON ({exc}); download it again") from None
+
+
+def _export_graph(model, spec, dynamic: dict, path: Path, opset: int) -> dict:
+    import onnx
+    import torch
+
+    from . import patches
+
+    h, w = dynamic["height"]["opt"], dynamic["width"]["opt"]
+    # Trace at a size that is not square and not the usual one, so nothing can silently depend
+    # on the trace shape without the parity check at other sizes catching it.
+    mult = dynamic["height"]["multiple_of"]
+    trace_h = max(dynamic["height"]["min"], (h * 3 // 4) // mult * mult)
+    sample = torch.randn(1, 3, trace_h, w, generator=torch.Generator().manual_seed(0))
+    with spec.patch(model), torch.inference_mode():
+        patches.export_onnx(model, sample, str(path), opset=opset, input_name=spec.input_name,
+                            output_name=spec.output_name)
+    onnx.checker.check_model(str(path))
+    if path.stat().st_size > ONNX_LIMIT:  # only a huge graph: keep the .onnx loadable by every tool
+        proto = onnx.load(str(path))
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+        onnx.checker.check_model(str(path))
+    return {
+        "name": "model",
+        "file": path.name,
+        "external_data": path.name + ".data" if (path.parent / (path.name + ".data")).exists() else None,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "opset": opset,
+        "precision": "fp32",
+        "inputs": [{"name": spec.input_name, "dtype": "float32", "shape": ["batch", 3, "height", "width"],
+                    "description": "RGB, preprocessed as the manifest's preprocessing says"}],
+        "outputs": [{"name": spec.output_name, "dtype": "float32", "shape": ["batch", "height", "width"],
+                     "description": "the model's output at the input's (processed) size"}],
+        "dynamic": dynamic,
+    }
+
+
+def export_bundle(model: str, weights: str | None = None, out: str | Path | None = None, opset: int = 17,
+                  force: bool = False, check: bool = True, trust_pickle: bool = False) -> tuple[Path, dict]:
+    """Export ``model`` (a preset name or hub id) to a bundle; returns (bundle path, manifest)."""
+    preset = find_preset(model)
+    if preset is None and weights is None:
+        raise WeightsError(f"'{model}' is not a depthrt preset or a hub id of one (see `depthrt models`); "
+                           "pass --weights DIR to export a checkpoint of a supported family")
+    if preset is not None and preset.status != "supported":
+        raise WeightsError(f"preset '{preset.name}' is not exportable yet ({preset.status})")
+    if opset < 17:
+        raise WeightsError(f"--opset {opset} is too old: depthrt exports opset 17 or newer")
+    out = Path(out or Path("bundles") / (preset.name if preset else Path(model).name))
+    check_output_dir(out, force)
+
+    with step(f"resolving weights {weights or preset.hub_id}"):
+        resolved = resolve_weights(weights or preset.hub_id, trust_pickle=trust_pickle)
+    spec = FAMILIES[preset.family] if preset else family_for_config(resolved.config)
+    spec.check_config(resolved)
+    preprocessing, postprocessing = processing_from_hf(_load_preprocessor_config(resolved))
+    dynamic = graph_dynamic(resolved, spec, preprocessing)
+    with step(f"loading {spec.architecture}"):
+        torch_model = spec.load_model(resolved)
+
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with step(f"exporting {spec.architecture} to ONNX (opset {opset})"):
+            graph = _export_graph(torch_model, spec, dynamic, staging / "model.onnx", opset)
+        kind, units, description = spec.output(resolved.config)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"name": preset.name if preset else model, "family": spec.family,
+                      "architecture": spec.architecture, "variant": spec.variant(resolved.config)},
+            "output": {"kind": kind, "units": units, "description": description},
+            "graphs": [graph],
+            "preprocessing": preprocessing,
+            "postprocessing": postprocessing,
+            "source": {"id": resolved.id, "revision": resolved.revision, "untrained": resolved.untrained,
+                       "files": resolved.files},
+            "tools": _tool_versions(),
+            "parity": None,
+        }
+        validate_manifest(manifest, where="the manifest being written")
+        write_json_atomic(staging / MANIFEST_NAME, manifest)
+        report = None
+        if check:
+            from .check import format_report, run_check
+
+            with step("checking parity against PyTorch at 3 image sizes"):
+                report = run_check(staging, weights=str(resolved.path), model=torch_model, verify=False)
+            print(format_report(report))
+            manifest["parity"] = report
+            write_json_atomic(staging / MANIFEST_NAME, manifest)
+        _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if report is not None and not report["passed"]:
+        raise ParityError(f"bundle '{out}' was written but does not match PyTorch within tolerance "
+                          f"(worst rel-L2 {report['worst_rel_l2']:.2e}); see the parity report in its manifest")
+    return out, manifest
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old bundle is removed only after that succeeded."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

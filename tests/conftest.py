@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny checkpoints in the published layouts and bundles exported from them.
+
+Both are cached per test session, so each tiny variant is written and exported once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """tiny_checkpoint(variant) -> folder with config.json, preprocessor_config.json, model.safetensors."""
+    from depthrt_export.tiny import write_tiny
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    made: dict[str, Path] = {}
+
+    def make(variant: str) -> Path:
+        if variant not in made:
+            made[variant] = write_tiny(variant, root / variant, seed=0)
+        return made[variant]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint):
+    """tiny_bundle(preset) -> (bundle path, manifest), exported (with its parity check) once per preset."""
+    from depthrt.presets import find_preset
+    from depthrt_export.exporter import export_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    made: dict[str, tuple[Path, dict]] = {}
+
+    def make(preset_name: str):
+        if preset_name not in made:
+            preset = find_preset(preset_name)
+            made[preset_name] = export_bundle(preset.name, weights=str(tiny_checkpoint(preset.tiny)),
+                                              out=root / preset.name)
+        return made[preset_name]
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `depthrt ARGS` in a fresh process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("DEPTHRT_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "depthrt.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=600)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user-facing failure: non-zero exit, one line on stderr naming the problem, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("depthrt")]
+    assert lines and "error" in lines[-1], result.stderr
+    for needle in needles:
+        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
