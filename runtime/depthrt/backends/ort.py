@@ -18,14 +18,21 @@ def _ort():
     return onnxruntime
 
 
-def cpu_available() -> bool:
+def unavailable(backend: str) -> str | None:
     ort = _ort()
-    return ort is not None and "CPUExecutionProvider" in ort.get_available_providers()
+    if ort is None:
+        return (f"backend {backend} needs ONNX Runtime, which is not installed: pip install 'depthrt[cpu]' "
+                "(or 'depthrt[gpu]' on a machine with an NVIDIA GPU)")
+    if backend == "ort-cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ("backend ort-cuda needs onnxruntime-gpu and an NVIDIA GPU, and this machine has neither "
+                "working; install 'depthrt[gpu]' on a GPU machine")
+    return None
 
 
-def cuda_available() -> bool:
-    ort = _ort()
-    return ort is not None and "CUDAExecutionProvider" in ort.get_available_providers()
+def open_runner(bundle: Path, graph: dict, backend: str, precision: str, threads: int | None):
+    if precision != "fp32":
+        raise BackendError(f"backend {backend} runs fp32 graphs only in this depthrt; use --precision fp32")
+    return OrtRunner(bundle / graph["file"], backend, threads=threads)
 
 
 def _physical_cores() -> int:
