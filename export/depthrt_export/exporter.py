@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 import os
 import shutil
 from importlib import metadata
@@ -15,12 +13,10 @@ from depthrt.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file, validat
 from depthrt.presets import find_preset
 from depthrt.progress import step
 
-from .hf_processing import processing_from_hf
-from .specs import FAMILIES, family_for_config, size_range
-from .weights import Weights, resolve_weights
+from .specs import family_for_config, get_spec
+from .weights import resolve_weights
 
 ONNX_LIMIT = 2 * 1024**3  # protobuf's 2 GB limit: above it the weights go to external data
-MAX_BATCH = 8
 
 
 def _tool_versions() -> dict:
@@ -52,49 +48,10 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise OutputError(f"'{parent}' is not writable; choose another --out")
 
 
-def graph_dynamic(weights: Weights, spec, preprocessing: dict) -> dict:
-    """Allowed batch/height/width of the graph, from the processor's size rule and the patch size."""
-    pp = json.loads((weights.path / "preprocessor_config.json").read_text())
-    size = pp.get("size") or {}
-    keep = bool(pp.get("keep_aspect_ratio", False))
-    proc_multiple = int(pp.get("ensure_multiple_of", 1) or 1)
-    patch = spec.patch_size(weights.config)
-    multiple = proc_multiple * patch // math.gcd(proc_multiple, patch)
-    opt_h = int(size.get("height", 384))
-    opt_w = int(size.get("width", opt_h))
-    return {
-        "batch": {"min": 1, "opt": 1, "max": MAX_BATCH},
-        "height": size_range(opt_h, multiple, keep),
-        "width": size_range(opt_w, multiple, keep),
-    }
-
-
-def _load_preprocessor_config(weights: Weights) -> dict:
-    path = weights.path / "preprocessor_config.json"
-    if not path.is_file():
-        raise WeightsError(f"'{weights.path}' has no preprocessor_config.json; depthrt takes the preprocessing "
-                           "from it: download it with the weights")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"'{path}' is not valid JSON ({exc}); download it again") from None
-
-
 def _export_graph(model, spec, dynamic: dict, path: Path, opset: int) -> dict:
     import onnx
-    import torch
 
-    from . import patches
-
-    h, w = dynamic["height"]["opt"], dynamic["width"]["opt"]
-    # Trace at a size that is not square and not the usual one, so nothing can silently depend
-    # on the trace shape without the parity check at other sizes catching it.
-    mult = dynamic["height"]["multiple_of"]
-    trace_h = max(dynamic["height"]["min"], (h * 3 // 4) // mult * mult)
-    sample = torch.randn(1, 3, trace_h, w, generator=torch.Generator().manual_seed(0))
-    with spec.patch(model), torch.inference_mode():
-        patches.export_onnx(model, sample, str(path), opset=opset, input_name=spec.input_name,
-                            output_name=spec.output_name)
+    inputs, outputs = spec.export_graph(model, path, dynamic, opset)
     onnx.checker.check_model(str(path))
     if path.stat().st_size > ONNX_LIMIT:  # only a huge graph: keep the .onnx loadable by every tool
         proto = onnx.load(str(path))
@@ -109,10 +66,8 @@ def _export_graph(model, spec, dynamic: dict, path: Path, opset: int) -> dict:
         "bytes": path.stat().st_size,
         "opset": opset,
         "precision": "fp32",
-        "inputs": [{"name": spec.input_name, "dtype": "float32", "shape": ["batch", 3, "height", "width"],
-                    "description": "RGB, preprocessed as the manifest's preprocessing says"}],
-        "outputs": [{"name": spec.output_name, "dtype": "float32", "shape": ["batch", "height", "width"],
-                     "description": "the model's output at the input's (processed) size"}],
+        "inputs": inputs,
+        "outputs": outputs,
         "dynamic": dynamic,
     }
 
@@ -133,10 +88,10 @@ def export_bundle(model: str, weights: str | None = None, out: str | Path | None
 
     with step(f"resolving weights {weights or preset.hub_id}"):
         resolved = resolve_weights(weights or preset.hub_id, trust_pickle=trust_pickle)
-    spec = FAMILIES[preset.family] if preset else family_for_config(resolved.config)
+    spec = get_spec(preset.family) if preset else family_for_config(resolved.config)
     spec.check_config(resolved)
-    preprocessing, postprocessing = processing_from_hf(_load_preprocessor_config(resolved))
-    dynamic = graph_dynamic(resolved, spec, preprocessing)
+    preprocessing, postprocessing = spec.processing(resolved)
+    dynamic = spec.dynamic(resolved)
     with step(f"loading {spec.architecture}"):
         torch_model = spec.load_model(resolved)
 

@@ -1,16 +1,16 @@
 """Export-time patches that make transformers depth models trace with dynamic batch/height/width.
 
-``torch.onnx.export(..., dynamo=False)`` traces the model once; every shape that passes through a Python
-``int()``, a Python comparison, ``.item()`` or an ``lru_cache`` is frozen into the graph as a constant, and
-the exported model then silently returns garbage (or the traced size) for any other input size.  The
-context managers below temporarily swap the offending methods, *on the instances of one model only*, for
-trace-friendly versions that compute the same numbers in eager PyTorch (bit-identical in practice) but keep
+``torch.onnx.export(..., dynamo=False)`` traces the model once; every shape that passes through ``int()``,
+``math.ceil``, a Python comparison or ``.item()`` is frozen into the graph, which then silently returns
+garbage (or the traced size) at other input sizes.  The context managers below swap the offending methods
+on the instances of one model only, for versions that compute the same numbers in eager PyTorch but keep
 shape arithmetic as traced tensor ops.  Everything is restored on exit.
 
-Why tracing and not ``dynamo=True``: with transformers 5.x / torch 2.13, the torch.export-based exporter
-silently specialised the Depth Anything head to the sample size (``int()`` sizes) and cannot express the
-ZoeDepth router; TorchScript tracing plus these patches gives graphs that are verified against eager
-PyTorch at several sizes (see tests/export/test_patches.py).
+Why tracing and not ``dynamo=True``: with transformers 5.24 / torch 2.13 the torch.export-based exporter
+also specialised silently (a tiny Depth Anything exported at 70x98 with named dynamic dims still returned
+70x98 for every input) and adds an opset-18 -> 17 down-conversion.  With tracing, every frozen value is
+visible in the source, and tests/export/test_patches.py checks each patch by running the graph at other
+sizes than the traced one.  (``dynamo=False`` is deprecated since torch 2.9 but works in 2.13.)
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import types
 import warnings
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -28,41 +26,32 @@ __all__ = ["patch_dpt", "patch_zoedepth", "patch_depth_anything", "patch_for", "
 
 
 class _Swaps:
-    """Records instance-level attribute swaps so they can be undone in reverse order."""
+    """Instance-level attribute/method swaps (and hook removals), undone in reverse order by ``restore``."""
 
     def __init__(self) -> None:
         self._undo: list = []
 
-    def method(self, module: nn.Module, name: str, fn) -> None:
-        had = name in module.__dict__
-        old = module.__dict__.get(name)
-        setattr(module, name, types.MethodType(fn, module))
-        self._undo.append((module, name, had, old))
-
     def attr(self, module: nn.Module, name: str, value) -> None:
-        had = name in module.__dict__
-        self._undo.append((module, name, had, module.__dict__.get(name)))
+        self._undo.append((module, name, name in module.__dict__, module.__dict__.get(name)))
         setattr(module, name, value)
 
-    def callback(self, fn) -> None:
-        self._undo.append(fn)
+    def method(self, module: nn.Module, name: str, fn) -> None:
+        self.attr(module, name, types.MethodType(fn, module))
 
     def restore(self) -> None:
         for item in reversed(self._undo):
             if callable(item):
                 item()
-                continue
-            module, name, had, old = item
-            if had:
-                setattr(module, name, old)
+            elif item[2]:
+                setattr(item[0], item[1], item[3])
             else:
-                delattr(module, name)
+                delattr(item[0], item[1])
         self._undo.clear()
 
 
-def _modules_of(model: nn.Module, class_name: str) -> Iterator[nn.Module]:
-    # Match by class name so the patches work for every transformers version that has these classes.
-    return (m for m in model.modules() if type(m).__name__ == class_name)
+def _modules_of(model: nn.Module, class_name: str):
+    # Match by class name: no imports of transformers internals, and only this model's instances are touched.
+    return [m for m in model.modules() if type(m).__name__ == class_name]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -71,15 +60,13 @@ def _modules_of(model: nn.Module, class_name: str) -> Iterator[nn.Module]:
 def _fusion_forward(self, hidden_state: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
     """DPT/ZoeDepth ``FeatureFusionLayer.forward`` without the ``hidden_state.shape != residual.shape`` test.
 
-    The original only resizes the residual when shapes differ, which happens when the patch grid is odd
-    (the 0.5x reassemble branch rounds up).  Tracing freezes that Python comparison, so a graph traced at an
-    even grid breaks at odd grids and vice versa.  We always resize; a same-size bilinear resize is an
-    exact copy, so eager results are unchanged.
+    The original only resizes the residual when shapes differ, i.e. when a patch-grid side is odd (the 0.5x
+    reassemble branch rounds up).  Tracing freezes that comparison: a graph traced at an even grid has no
+    resize and fails at odd grids.  We always resize; a same-size bilinear resize is an exact copy.
     """
     if residual is not None:
-        residual = F.interpolate(
-            residual, size=(hidden_state.shape[2], hidden_state.shape[3]), mode="bilinear", align_corners=False
-        )
+        size = (hidden_state.shape[2], hidden_state.shape[3])
+        residual = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
         hidden_state = hidden_state + self.residual_layer1(residual)
     hidden_state = self.residual_layer2(hidden_state)
     hidden_state = F.interpolate(hidden_state, scale_factor=2, mode="bilinear", align_corners=self.align_corners)
@@ -89,8 +76,7 @@ def _fusion_forward(self, hidden_state: torch.Tensor, residual: torch.Tensor | N
 def _relative_position_index(wh, ww) -> torch.Tensor:
     """BEiT relative position index for a ``wh x ww`` window, built from (traceable) tensor ops only.
 
-    Same values as ``BeitRelativePositionBias.generate_relative_position_index`` (which is lru-cached on
-    the window size and builds a tensor of Python-int size, both of which freeze the traced size).
+    Same values as ``BeitRelativePositionBias.generate_relative_position_index``.
     """
     pos = torch.arange(wh * ww)
     row, col = pos // ww, pos % ww
@@ -104,10 +90,12 @@ def _relative_position_index(wh, ww) -> torch.Tensor:
 
 
 def _beit_relative_position_bias_forward(self, window_size, interpolate_pos_encoding=False, dim_size=None):
-    """``BeitRelativePositionBias.forward`` with the window size kept as traced tensors.
+    """``BeitRelativePositionBias.forward`` with a closed-form relative position index.
 
-    MiDaS v3.1 / ZoeDepth resize the bias table to the current window (2h-1 x 2w-1), then gather it with a
-    relative index; the original code builds that index via an lru-cached helper keyed on Python ints.
+    MiDaS v3.1 / ZoeDepth resize the bias table to the current window (2h-1 x 2w-1) and gather it with a
+    relative index.  With transformers 5.24 the original does trace dynamically, but only by accident
+    (its lru_cache is keyed on the traced size tensors) and builds the index with in-place scatters:
+    ~3.5x more ONNX nodes (40 ScatterND per 4 layers) than this version.  Same values in eager.
     """
     wh, ww = window_size
     table = self.relative_position_bias_table
@@ -156,14 +144,25 @@ def _weight_standardized_conv_forward(self, hidden_state: torch.Tensor) -> torch
         return type(self).forward(self, hidden_state)
     if self.pad is not None:
         hidden_state = self.pad(hidden_state)
-    return F.conv2d(
-        hidden_state, self._depthrt_weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-    )
+    weight = self._depthrt_weight
+    return F.conv2d(hidden_state, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def _patch_beit(swaps: _Swaps, model: nn.Module) -> None:
-    for module in _modules_of(model, "BeitRelativePositionBias"):
-        swaps.method(module, "forward", _beit_relative_position_bias_forward)
+def _hybrid_embeddings_forward(self, pixel_values, interpolate_pos_encoding=True):
+    return type(self).forward(self, pixel_values, interpolate_pos_encoding=True)
+
+
+@contextlib.contextmanager
+def _patched(model: nn.Module, forwards: dict):
+    """Swap ``forward`` of every submodule whose class name is a key of ``forwards``; yields the ``_Swaps``."""
+    swaps = _Swaps()
+    try:
+        for class_name, forward in forwards.items():
+            for module in _modules_of(model, class_name):
+                swaps.method(module, "forward", forward)
+        yield swaps
+    finally:
+        swaps.restore()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -184,8 +183,14 @@ def patch_dpt(model: nn.Module):
     * BEiT: relative position bias (see ``_beit_relative_position_bias_forward``).
     * fusion layers: see ``_fusion_forward``.
     """
-    swaps = _Swaps()
-    try:
+    forwards = {
+        "DPTViTHybridEmbeddings": _hybrid_embeddings_forward,
+        "DynamicPad2d": _dynamic_pad_forward,
+        "WeightStandardizedConv2d": _weight_standardized_conv_forward,
+        "DPTFeatureFusionLayer": _fusion_forward,
+        "BeitRelativePositionBias": _beit_relative_position_bias_forward,
+    }
+    with _patched(model, forwards) as swaps:
         cfg = model.config
         patch = cfg.patch_size if cfg.backbone_config is None or cfg.is_hybrid else cfg.backbone_config.patch_size
         for stage in _modules_of(model, "DPTReassembleStage"):
@@ -204,28 +209,13 @@ def patch_dpt(model: nn.Module):
                 _stage._depthrt_grid = (pixel_values.shape[2] // patch, pixel_values.shape[3] // patch)
 
             handle = model.register_forward_pre_hook(record_grid, with_kwargs=True)
-            swaps.callback(handle.remove)
-        for emb in _modules_of(model, "DPTViTHybridEmbeddings"):
-            swaps.method(
-                emb, "forward", lambda self, pixel_values, interpolate_pos_encoding=True, _f=type(emb).forward: _f(
-                    self, pixel_values, interpolate_pos_encoding=True
-                )
-            )
-        for pad in _modules_of(model, "DynamicPad2d"):
-            swaps.method(pad, "forward", _dynamic_pad_forward)
+            swaps._undo.append(handle.remove)
         for conv in _modules_of(model, "WeightStandardizedConv2d"):
             with torch.no_grad():
-                weight = F.batch_norm(
-                    conv.weight.reshape(1, conv.out_channels, -1), None, None, training=True, momentum=0.0, eps=conv.eps
-                ).reshape_as(conv.weight)
-            swaps.attr(conv, "_depthrt_weight", weight)
-            swaps.method(conv, "forward", _weight_standardized_conv_forward)
-        for layer in _modules_of(model, "DPTFeatureFusionLayer"):
-            swaps.method(layer, "forward", _fusion_forward)
-        _patch_beit(swaps, model)
+                flat = conv.weight.reshape(1, conv.out_channels, -1)
+                weight = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=conv.eps)
+            swaps.attr(conv, "_depthrt_weight", weight.reshape_as(conv.weight))
         yield model
-    finally:
-        swaps.restore()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -293,9 +283,9 @@ def _zoe_multi_head_forward(self, outconv_activation, bottleneck, feature_blocks
         bin_embedding = F.interpolate(bin_embedding, last.shape[-2:], mode="bilinear", align_corners=True)
         probs = self.conditional_log_binomial[name](last, bin_embedding)
         outs.append(torch.sum(probs * bin_centers, dim=1, keepdim=True))
-    # mlp_classifier has 2 outputs, so only the first two configurations can ever be chosen.
-    out = outs[min(len(outs), domain_logits.shape[-1]) - 1]
-    for idx in reversed(range(min(len(outs), domain_logits.shape[-1]) - 1)):
+    num_choices = min(len(outs), domain_logits.shape[-1])  # the classifier has 2 outputs
+    out = outs[num_choices - 1]
+    for idx in reversed(range(num_choices - 1)):
         out = torch.where(choice == idx, outs[idx], out)
     return out, domain_logits
 
@@ -307,18 +297,14 @@ def patch_zoedepth(model: nn.Module):
     Patches: BEiT relative position bias, fusion layers (odd patch grids), reassemble ``split``
     (dynamic batch), and the multi-head router (``.item()``).
     """
-    swaps = _Swaps()
-    try:
-        for layer in _modules_of(model, "ZoeDepthFeatureFusionLayer"):
-            swaps.method(layer, "forward", _fusion_forward)
-        for stage in _modules_of(model, "ZoeDepthReassembleStage"):
-            swaps.method(stage, "forward", _zoe_reassemble_forward)
-        for heads in _modules_of(model, "ZoeDepthMultipleMetricDepthEstimationHeads"):
-            swaps.method(heads, "forward", _zoe_multi_head_forward)
-        _patch_beit(swaps, model)
+    forwards = {
+        "ZoeDepthFeatureFusionLayer": _fusion_forward,
+        "ZoeDepthReassembleStage": _zoe_reassemble_forward,
+        "ZoeDepthMultipleMetricDepthEstimationHeads": _zoe_multi_head_forward,
+        "BeitRelativePositionBias": _beit_relative_position_bias_forward,
+    }
+    with _patched(model, forwards):
         yield model
-    finally:
-        swaps.restore()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -332,12 +318,8 @@ def _depth_anything_head_forward(self, hidden_states, patch_height, patch_width)
     """
     hidden_states = hidden_states[self.head_in_index]
     predicted_depth = self.conv1(hidden_states)
-    predicted_depth = F.interpolate(
-        predicted_depth,
-        (patch_height * self.patch_size, patch_width * self.patch_size),
-        mode="bilinear",
-        align_corners=True,
-    )
+    size = (patch_height * self.patch_size, patch_width * self.patch_size)
+    predicted_depth = F.interpolate(predicted_depth, size, mode="bilinear", align_corners=True)
     predicted_depth = self.conv2(predicted_depth)
     predicted_depth = self.activation1(predicted_depth)
     predicted_depth = self.conv3(predicted_depth)
@@ -353,13 +335,8 @@ def patch_depth_anything(model: nn.Module):
     when ``torch.jit.is_tracing()`` (bicubic to the same size is exact, so eager is unaffected), and the
     fusion stage resizes to the next feature map's traced shape.
     """
-    swaps = _Swaps()
-    try:
-        for head in _modules_of(model, "DepthAnythingDepthEstimationHead"):
-            swaps.method(head, "forward", _depth_anything_head_forward)
+    with _patched(model, {"DepthAnythingDepthEstimationHead": _depth_anything_head_forward}):
         yield model
-    finally:
-        swaps.restore()
 
 
 def patch_for(model: nn.Module):
@@ -414,15 +391,6 @@ def export_onnx(
         # Tracer warnings are expected: the remaining frozen values are checked to be size-independent.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            wrapper,
-            (sample,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
+        torch.onnx.export(wrapper, (sample,), str(path), dynamo=False, opset_version=opset, input_names=[input_name],
+                          output_names=[output_name], dynamic_axes=axes, do_constant_folding=True)
     onnx.checker.check_model(str(path), full_check=True)

@@ -13,6 +13,8 @@ from .weights import Weights
 
 class ReferencePipeline:
     def __init__(self, spec, weights: Weights, model=None):
+        self.description = (f"transformers {spec.architecture} + its image processor (PIL) + "
+                            "post_process_depth_estimation")
         import torch
         from transformers import AutoImageProcessor
 
@@ -23,7 +25,11 @@ class ReferencePipeline:
         # resizes with other kernels and is not what the checkpoints were evaluated with.
         self.processor = AutoImageProcessor.from_pretrained(str(weights.path), backend="pil")
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray) -> dict:
+        """{"depth": HxW float32 at the input's size}."""
+        return {"depth": self._depth(image)}
+
+    def _depth(self, image: np.ndarray) -> np.ndarray:
         torch = self.torch
         h, w = image.shape[:2]
         inputs = self.processor(images=image, return_tensors="pt")

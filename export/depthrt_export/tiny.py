@@ -98,6 +98,9 @@ def _depth_anything(v2: bool, metric: str | None = None):
                                **extra)
 
 
+# Tiny Depth Anything 3 checkpoints come from depthrt_export.da3.tiny (same published layout).
+DA3_VARIANTS = ("da3mono-large", "da3metric-large")
+
 VARIANTS = {
     "dpt-vit": ("DPTForDepthEstimation", _vit_dpt, _DPT_PP),
     "dpt-hybrid": ("DPTForDepthEstimation", _hybrid_dpt, _DPT_PP),
@@ -156,6 +159,12 @@ def write_tiny(variant: str, folder: str | Path, seed: int = 0, pickle: bool = F
     import torch
     import transformers
 
+    if variant.startswith("da3"):  # Depth Anything 3: not a transformers model
+        from .da3.tiny import write_tiny_da3
+
+        folder = write_tiny_da3(folder, model_name=variant, seed=seed)
+        _mark_untrained(Path(folder), variant, seed)
+        return Path(folder)
     if variant not in VARIANTS:
         raise KeyError(f"unknown tiny variant '{variant}' (known: {', '.join(VARIANTS)})")
     arch, make_config, pp = VARIANTS[variant]
@@ -181,7 +190,11 @@ def write_tiny(variant: str, folder: str | Path, seed: int = 0, pickle: bool = F
         if not (folder / "pytorch_model.bin").exists():
             torch.save(model.state_dict(), folder / "pytorch_model.bin")
     (folder / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
+    _mark_untrained(folder, variant, seed)
+    return folder
+
+
+def _mark_untrained(folder: Path, variant: str, seed: int) -> None:
     (folder / "depthrt_untrained.json").write_text(json.dumps(
         {"untrained": True, "variant": variant, "seed": seed,
          "note": "random weights written by depthrt_export.tiny; outputs are meaningless"}, indent=2) + "\n")
-    return folder

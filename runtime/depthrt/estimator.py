@@ -60,8 +60,11 @@ class Estimator:
         self.runner = open_graph(self.bundle, self.graph, self.backend, precision, threads=threads)
         self.kind = self.manifest["output"]["kind"]
         self.units = self.manifest["output"]["units"]
+        post = self.manifest["postprocessing"]
         self._input = self.graph["inputs"][0]["name"]
-        self._output = self.graph["outputs"][0]["name"]
+        self._output = post.get("depth_output") or self.graph["outputs"][0]["name"]
+        self._sky_output = post["sky"]["output"] if "sky" in post else None
+        self._metric = post.get("metric")
         dyn = self.graph["dynamic"]
         self._ranges = {axis: dyn[axis] for axis in ("height", "width") if axis in dyn}
         self._max_batch = dyn.get("batch", {}).get("max", 1)
@@ -69,15 +72,26 @@ class Estimator:
     def __repr__(self) -> str:
         return f"Estimator({str(self.bundle)!r}, model={self.manifest['model']['name']!r}, backend={self.backend!r})"
 
-    def predict(self, image: np.ndarray | Sequence[np.ndarray]) -> Prediction | list[Prediction]:
-        """Depth for one HxWx3 uint8 RGB image, or for a list of them (each at its own size)."""
+    def predict(self, image: np.ndarray | Sequence[np.ndarray], processing_resolution: int | None = None,
+                focal_px: tuple[float, float] | None = None) -> Prediction | list[Prediction]:
+        """Depth for one HxWx3 uint8 RGB image, or for a list of them (each at its own size).
+
+        ``processing_resolution`` replaces the model's resize target (the box height for DPT,
+        Depth Anything and ZoeDepth; the long side for Depth Anything 3); the result must stay
+        in the bundle's size range. ``focal_px=(fx, fy)``, in pixels of the input image, turns a
+        Depth Anything 3 metric model's output into metres.
+        """
         single = isinstance(image, np.ndarray)
         images = [image] if single else list(image)
         if not images:
             return []
+        if focal_px is not None and not self._metric:
+            raise InputError("focal_px only applies to models whose metric scale depends on the focal length "
+                             f"(Depth Anything 3 metric); this bundle is {self.manifest['model']['name']}")
         images = [_check_image(im, None if single else i) for i, im in enumerate(images)]
-        prepared = [self._preprocess(im, None if single else i) for im, i in zip(images, range(len(images)))]
-        outputs: list[np.ndarray | None] = [None] * len(images)
+        prepared = [self._preprocess(im, None if single else i, processing_resolution)
+                    for i, im in enumerate(images)]
+        outputs: list[dict | None] = [None] * len(images)
         # Images that preprocess to the same size run as one batch (up to the graph's batch range).
         by_shape: dict[tuple, list[int]] = {}
         for i, (tensor, _) in enumerate(prepared):
@@ -86,19 +100,41 @@ class Estimator:
             for start in range(0, len(indices), self._max_batch):
                 chunk = indices[start:start + self._max_batch]
                 batch = np.stack([prepared[i][0] for i in chunk])
-                result = self.runner.run({self._input: batch})[self._output]
+                result = self.runner.run({self._input: batch})
                 for row, i in enumerate(chunk):
-                    outputs[i] = result[row]
-        preds = [
-            Prediction(
-                depth=processing.postprocess(out, meta, self.manifest["postprocessing"]),
-                kind=self.kind, units=self.units,
-            )
-            for out, (_, meta) in zip(outputs, prepared)
-        ]
+                    outputs[i] = {name: value[row] for name, value in result.items()}
+        preds = [self._postprocess(out, meta, focal_px) for out, (_, meta) in zip(outputs, prepared)]
         return preds[0] if single else preds
 
-    def _preprocess(self, image: np.ndarray, index: int | None):
+    def _postprocess(self, out: dict, meta: dict, focal_px) -> Prediction:
+        post = self.manifest["postprocessing"]
+        if self._sky_output is None:
+            depth = processing.postprocess(out[self._output], meta, post)
+            return Prediction(depth=depth, kind=self.kind, units=self.units)
+        from .sky import postprocess_sky
+
+        depth, sky = postprocess_sky(out[self._output], out[self._sky_output], tuple(meta["input_size"]), post)
+        kind, units = self.kind, self.units
+        if self._metric:
+            if focal_px is None:
+                kind, units = "relative_depth", "not metric: pass focal_px=(fx, fy) for metres"
+            else:
+                depth = depth * np.float32(self._focal(focal_px, meta) / self._metric["focal_divisor"])
+        return Prediction(depth=depth, kind=kind, units=units, sky=sky)
+
+    @staticmethod
+    def _focal(focal_px, meta: dict) -> float:
+        """(fx' + fy') / 2 in processed-image pixels, from fx, fy in input-image pixels."""
+        try:
+            fx, fy = (float(v) for v in focal_px)
+        except (TypeError, ValueError):
+            raise InputError(f"focal_px must be (fx, fy) in pixels, got {focal_px!r}") from None
+        if not (fx > 0 and fy > 0):
+            raise InputError(f"focal_px must be positive, got {focal_px!r}")
+        (big_h, big_w), (h, w) = meta["input_size"], meta["model_size"]
+        return 0.5 * (fx * w / big_w + fy * h / big_h)
+
+    def _preprocess(self, image: np.ndarray, index: int | None, resolution: int | None = None):
         where = "image" if index is None else f"image {index}"
         h, w = image.shape[:2]
         patch = max(r.get("multiple_of", 1) for r in self._ranges.values()) if self._ranges else 1
@@ -107,7 +143,7 @@ class Estimator:
                 f"{where} is {w}x{h} pixels, smaller than one {patch}-pixel patch of this model; "
                 f"pass an image of at least {patch}x{patch}"
             )
-        tensor, meta = processing.preprocess(image, self.manifest["preprocessing"])
+        tensor, meta = processing.preprocess(image, self.manifest["preprocessing"], resolution)
         for axis, size in zip(("height", "width"), tensor.shape[1:]):
             r = self._ranges.get(axis)
             if r and not r["min"] <= size <= r["max"]:

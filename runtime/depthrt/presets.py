@@ -53,9 +53,9 @@ PRESETS: tuple[Preset, ...] = (
         for scene in ("Indoor", "Outdoor") for size in ("Small", "Base", "Large")
     ),
     Preset("da3-mono-large", "depth-anything/DA3MONO-LARGE", "da3", "relative_depth", "relative",
-           "apache-2.0", status="planned: issue 6 (Depth Anything 3)"),
-    Preset("da3-metric-large", "depth-anything/DA3METRIC-LARGE", "da3", *_METRIC, "apache-2.0",
-           status="planned: issue 6 (Depth Anything 3)"),
+           "apache-2.0", tiny="da3mono-large"),
+    Preset("da3-metric-large", "depth-anything/DA3METRIC-LARGE", "da3", "metric_depth",
+           "metres (with focal_px)", "apache-2.0", tiny="da3metric-large"),
     Preset("marigold-depth-v1-1", "prs-eth/marigold-depth-v1-1", "marigold", "relative_depth",
            "affine-invariant [0,1]", "apache-2.0", status="planned: issue 4 (latent diffusion)"),
     Preset("marigold-normals-v1-1", "prs-eth/marigold-normals-v1-1", "marigold", "normals",
@@ -75,6 +75,12 @@ PRESETS: tuple[Preset, ...] = (
     Preset("lbm-normals", "jasperai/LBM_normals", "lbm", "normals", "unit vectors", "cc-by-nc-4.0",
            status="planned: issue 4 (latent diffusion)"),
 )
+
+
+# Not presets, listed so `depthrt models` says why: the multi-view ("any-view") Depth Anything 3
+# models estimate depth and camera poses from several images jointly; depthrt runs single images.
+LEFT_OUT = ("depth-anything/DA3-GIANT, DA3-LARGE, DA3-BASE, DA3-SMALL, DA3NESTED-GIANT-LARGE: multi-view "
+            "(any-view) Depth Anything 3 models, out of scope: depthrt estimates depth from single images")
 
 
 def find_preset(model: str) -> Preset | None:

@@ -211,7 +211,79 @@ def _zoe_pad_amounts(height: int, width: int, factor: float) -> tuple[int, int]:
     return int(np.sqrt(height / 2) * factor), int(np.sqrt(width / 2) * factor)
 
 
+def _nearest_multiple(x: int, multiple: int) -> int:
+    """The multiple of ``multiple`` nearest to ``x`` (a tie goes up), at least ``multiple``."""
+    down = (x // multiple) * multiple
+    up = down + multiple
+    return max(multiple, up if abs(up - x) <= abs(x - down) else down)
+
+
+def long_side_plan(height: int, width: int, spec: dict) -> list[tuple[int, int, str]]:
+    """The resizes of the ``long_side`` rule (Depth Anything 3), each (h, w, "area"|"cubic").
+
+    First the long side goes to ``long_side`` (the other side ``round()``-ed, halves to even),
+    then each side to its nearest multiple; OpenCV INTER_AREA when shrinking, INTER_CUBIC when
+    growing (either side), each resize on the uint8 image as upstream does it.
+    """
+    plan = []
+    h, w = height, width
+    target, multiple = int(spec["long_side"]), int(spec.get("multiple_of", 14))
+    if max(h, w) != target:
+        scale = target / float(max(h, w))
+        h, w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        plan.append((h, w, "cubic" if scale > 1.0 else "area"))
+    nh, nw = _nearest_multiple(h, multiple), _nearest_multiple(w, multiple)
+    if (nh, nw) != (h, w):
+        plan.append((nh, nw, "cubic" if (nh > h or nw > w) else "area"))
+    return plan
+
+
+def _opencv_resize():
+    """OpenCV's resize when it is installed (what upstream runs), else our numpy twin of it.
+
+    ``cvresize`` is bit-exact for INTER_AREA and within one grey level on ~1e-5 of the pixels for
+    INTER_CUBIC, so results agree across machines to that level either way.
+    """
+    try:
+        import cv2
+    except ImportError:
+        from . import cvresize
+
+        return cvresize.resize
+    flags = {"area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
+    return lambda img, size, method: cv2.resize(img, size, interpolation=flags[method])
+
+
+def _resize_long_side(img: np.ndarray, spec: dict) -> np.ndarray:
+    if img.dtype != np.uint8:
+        raise InputError("the long_side resize must come before rescale/normalize in preprocessing.order")
+    resize = _opencv_resize()
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    for h, w, method in long_side_plan(hwc.shape[0], hwc.shape[1], spec):
+        hwc = resize(hwc, (w, h), method)
+    return hwc.transpose(2, 0, 1)
+
+
+def with_resolution(resize: dict, resolution: int | None) -> dict:
+    """The resize step with a user's processing resolution in place of the model's.
+
+    ``fit`` rules (DPT, Depth Anything, ZoeDepth) scale the target box so its height is
+    ``resolution`` (keeping ZoeDepth's 384:512 box shape); ``long_side`` (DA3) sets the long side.
+    """
+    if resolution is None:
+        return resize
+    resolution = int(resolution)
+    if resolution < 1:
+        raise InputError(f"processing resolution must be a positive number of pixels, got {resolution}")
+    if resize.get("rule") == "long_side":
+        return {**resize, "long_side": resolution}
+    ratio = resize["width"] / resize["height"]
+    return {**resize, "height": resolution, "width": max(1, int(round(resolution * ratio)))}
+
+
 def _resize(img: np.ndarray, spec: dict, original: tuple[int, int]) -> np.ndarray:
+    if spec.get("rule") == "long_side":
+        return _resize_long_side(img, spec)
     h, w = img.shape[-2:]
     out_h, out_w = resize_output_size(h, w, spec)
     if out_h < 1 or out_w < 1:
@@ -260,13 +332,14 @@ def _pad(img: np.ndarray, spec: dict) -> tuple[np.ndarray, list[int]]:
     raise InputError(f"unknown padding mode {mode!r}")
 
 
-def preprocess(image: np.ndarray, spec: dict) -> tuple[np.ndarray, dict]:
+def preprocess(image: np.ndarray, spec: dict, resolution: int | None = None) -> tuple[np.ndarray, dict]:
     """Turn an (H, W, 3) uint8 RGB image into the model's float32 (3, h, w) input.
 
     Returns ``(pixel_values, meta)``; ``meta`` holds what :func:`postprocess` needs:
     ``input_size`` [H, W], ``model_size`` [h, w], ``pad`` [top, bottom, left, right] (in
     the pixels of the array the pad was applied to), ``pad_stage_size`` (that array's
     [h, w] before padding) and ``pad_rule``. All plain ints/strings: JSON-able.
+    ``resolution`` overrides the resize target (see :func:`with_resolution`).
     """
     _check_image(image)
     original = (int(image.shape[0]), int(image.shape[1]))
@@ -278,7 +351,7 @@ def preprocess(image: np.ndarray, spec: dict) -> tuple[np.ndarray, dict]:
         if not cfg.get("enabled", False):
             continue
         if step == "resize":
-            img = _resize(img, cfg, original)
+            img = _resize(img, with_resolution(cfg, resolution), original)
         elif step == "rescale":
             # transformers: astype(float64) * factor, then cast to float32. For uint8 a
             # 256-entry table of those very values is bit-identical and much faster.

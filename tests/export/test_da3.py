@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from depthrt.errors import InputError, WeightsError
-from depthrt_export.da3 import cvresize, reference
+from depthrt import cvresize
+from depthrt_export.da3 import reference
 from depthrt_export.da3.loader import KNOWN_MODELS, load_da3, out_layers_for
 from depthrt_export.da3.tiny import write_tiny_da3
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from depthrt.errors import InputError
 
-from . import cvresize
+from depthrt import cvresize
 
 PROCESS_RES = 504
 PATCH = 14
