@@ -93,6 +93,7 @@ class FamilySpec:
         """The PyTorch model, in eval mode and float32, loaded through transformers."""
         import transformers
 
+        transformers.logging.disable_progress_bar()  # depthrt's own progress lines say what happens
         self.check_config(weights)
         cls = getattr(transformers, self.architecture)
         try:
