@@ -50,9 +50,9 @@ class Estimator:
     """A bundle loaded on one backend. Create it with :func:`depthrt.load`."""
 
     def __init__(self, bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32",
-                 threads: int | None = None):
+                 threads: int | None = None, manifest: dict | None = None):
         self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
+        self.manifest = manifest if manifest is not None else read_manifest(self.bundle)
         self.backend = resolve_backend(backend)
         self.precision = precision
         graphs = self.manifest["graphs"]
@@ -155,7 +155,19 @@ class Estimator:
         return tensor, meta
 
 
+DIFFUSION_FAMILIES = ("marigold", "lotus", "lbm")
+
+
 def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32",
-         threads: int | None = None) -> Estimator:
-    """Load a bundle made by ``depthrt export`` on a backend (``auto``, ``ort-cpu``, ``ort-cuda``, ...)."""
-    return Estimator(bundle, backend=backend, precision=precision, threads=threads)
+         threads: int | None = None):
+    """Load a bundle made by ``depthrt export`` on a backend (``auto``, ``ort-cpu``, ``ort-cuda``, ...).
+
+    Feed-forward families give an :class:`Estimator`; latent-diffusion families (Marigold, Lotus,
+    LBM) a ``depthrt.diffusion`` estimator with the same ``predict`` plus step/ensemble options.
+    """
+    manifest = read_manifest(bundle)
+    if manifest["model"]["family"] in DIFFUSION_FAMILIES:
+        from .diffusion import load_diffusion
+
+        return load_diffusion(bundle, manifest, resolve_backend(backend), precision, threads)
+    return Estimator(bundle, backend=backend, precision=precision, threads=threads, manifest=manifest)
