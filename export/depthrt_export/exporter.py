@@ -7,12 +7,14 @@ import os
 import shutil
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 from depthrt.errors import OutputError, ParityError, WeightsError
 from depthrt.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file, validate_manifest, write_json_atomic
 from depthrt.presets import find_preset
 from depthrt.progress import step
 
+from .diffusion import DIFFUSION_FAMILIES
 from .specs import family_for_config, get_spec
 from .weights import resolve_weights
 
@@ -21,7 +23,7 @@ ONNX_LIMIT = 2 * 1024**3  # protobuf's 2 GB limit: above it the weights go to ex
 
 def _tool_versions() -> dict:
     out = {}
-    for dist in ("depthrt", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu"):
+    for dist in ("depthrt", "torch", "transformers", "diffusers", "onnx", "onnxruntime", "onnxruntime-gpu"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -72,6 +74,56 @@ def _export_graph(model, spec, dynamic: dict, path: Path, opset: int) -> dict:
     }
 
 
+def _export_feedforward(model: str, preset, weights: str | None, staging: Path, opset: int,
+                        trust_pickle: bool) -> tuple[dict, Callable]:
+    """Export a feed-forward family; return (manifest fields, parity check of the staged bundle)."""
+    with step(f"resolving weights {weights or preset.hub_id}"):
+        resolved = resolve_weights(weights or preset.hub_id, trust_pickle=trust_pickle)
+    spec = get_spec(preset.family) if preset else family_for_config(resolved.config)
+    spec.check_config(resolved)
+    preprocessing, postprocessing = spec.processing(resolved)
+    dynamic = spec.dynamic(resolved)
+    with step(f"loading {spec.architecture}"):
+        torch_model = spec.load_model(resolved)
+    with step(f"exporting {spec.architecture} to ONNX (opset {opset})"):
+        graph = _export_graph(torch_model, spec, dynamic, staging / "model.onnx", opset)
+    kind, units, description = spec.output(resolved.config)
+    fields = {
+        "model": {"name": preset.name if preset else model, "family": spec.family,
+                  "architecture": spec.architecture, "variant": spec.variant(resolved.config)},
+        "output": {"kind": kind, "units": units, "description": description},
+        "graphs": [graph],
+        "preprocessing": preprocessing,
+        "postprocessing": postprocessing,
+        "source": {"id": resolved.id, "revision": resolved.revision, "untrained": resolved.untrained,
+                   "files": resolved.files},
+    }
+
+    def parity(bundle: Path) -> tuple[dict, str]:
+        from .check import format_report, run_check
+
+        report = run_check(bundle, weights=str(resolved.path), model=torch_model, verify=False)
+        return report, format_report(report)
+
+    return fields, parity
+
+
+def _export_diffusion(preset, weights: str | None, staging: Path, opset: int) -> tuple[dict, Callable]:
+    """Export a latent-diffusion family (VAE encoder, UNet, VAE decoder and the loop)."""
+    from .diffusion import checker_for, export_diffusion_bundle
+
+    with step(f"exporting {preset.name} (VAE encoder, UNet, VAE decoder; opset {opset})"):
+        fields = export_diffusion_bundle(preset, weights, staging, opset)
+
+    def parity(bundle: Path) -> tuple[dict, str]:
+        checker = checker_for(preset.family)
+        report = checker.run_check(bundle, weights=weights or preset.hub_id, verify=False,
+                                   **getattr(checker, "EXPORT_CHECK", {}))
+        return report, checker.format_report(report)
+
+    return fields, parity
+
+
 def export_bundle(model: str, weights: str | None = None, out: str | Path | None = None, opset: int = 17,
                   force: bool = False, check: bool = True, trust_pickle: bool = False) -> tuple[Path, dict]:
     """Export ``model`` (a preset name or hub id) to a bundle; returns (bundle path, manifest)."""
@@ -86,45 +138,28 @@ def export_bundle(model: str, weights: str | None = None, out: str | Path | None
     out = Path(out or Path("bundles") / (preset.name if preset else Path(model).name))
     check_output_dir(out, force)
 
-    with step(f"resolving weights {weights or preset.hub_id}"):
-        resolved = resolve_weights(weights or preset.hub_id, trust_pickle=trust_pickle)
-    spec = get_spec(preset.family) if preset else family_for_config(resolved.config)
-    spec.check_config(resolved)
-    preprocessing, postprocessing = spec.processing(resolved)
-    dynamic = spec.dynamic(resolved)
-    with step(f"loading {spec.architecture}"):
-        torch_model = spec.load_model(resolved)
-
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    report = None
     try:
-        with step(f"exporting {spec.architecture} to ONNX (opset {opset})"):
-            graph = _export_graph(torch_model, spec, dynamic, staging / "model.onnx", opset)
-        kind, units, description = spec.output(resolved.config)
+        if preset is not None and preset.family in DIFFUSION_FAMILIES:
+            fields, parity = _export_diffusion(preset, weights, staging, opset)
+        else:
+            fields, parity = _export_feedforward(model, preset, weights, staging, opset, trust_pickle)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"name": preset.name if preset else model, "family": spec.family,
-                      "architecture": spec.architecture, "variant": spec.variant(resolved.config)},
-            "output": {"kind": kind, "units": units, "description": description},
-            "graphs": [graph],
-            "preprocessing": preprocessing,
-            "postprocessing": postprocessing,
-            "source": {"id": resolved.id, "revision": resolved.revision, "untrained": resolved.untrained,
-                       "files": resolved.files},
+            **fields,
             "tools": _tool_versions(),
             "parity": None,
         }
         validate_manifest(manifest, where="the manifest being written")
         write_json_atomic(staging / MANIFEST_NAME, manifest)
-        report = None
         if check:
-            from .check import format_report, run_check
-
-            with step("checking parity against PyTorch at 3 image sizes"):
-                report = run_check(staging, weights=str(resolved.path), model=torch_model, verify=False)
-            print(format_report(report))
+            with step("checking parity against PyTorch"):
+                report, table = parity(staging)
+            print(table)
             manifest["parity"] = report
             write_json_atomic(staging / MANIFEST_NAME, manifest)
         _install(staging, out)

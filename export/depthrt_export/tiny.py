@@ -101,6 +101,13 @@ def _depth_anything(v2: bool, metric: str | None = None):
 # Tiny Depth Anything 3 checkpoints come from depthrt_export.da3.tiny (same published layout).
 DA3_VARIANTS = ("da3mono-large", "da3metric-large")
 
+# Latent-diffusion tiny pipelines: variant -> (module in depthrt_export.diffusion, writer function).
+DIFFUSION_VARIANTS = {
+    "marigold-depth": ("tiny_marigold", "write_tiny_marigold"),
+    "marigold-normals": ("tiny_marigold", "write_tiny_marigold"),
+    "marigold-depth-lcm": ("tiny_marigold", "write_tiny_marigold"),
+}
+
 VARIANTS = {
     "dpt-vit": ("DPTForDepthEstimation", _vit_dpt, _DPT_PP),
     "dpt-hybrid": ("DPTForDepthEstimation", _hybrid_dpt, _DPT_PP),
@@ -159,6 +166,12 @@ def write_tiny(variant: str, folder: str | Path, seed: int = 0, pickle: bool = F
     import torch
     import transformers
 
+    if variant in DIFFUSION_VARIANTS:  # diffusers / published-yaml layouts
+        import importlib
+
+        module_name, function = DIFFUSION_VARIANTS[variant]
+        writer = getattr(importlib.import_module(f"{__package__}.diffusion.{module_name}"), function)
+        return Path(writer(variant, folder, seed=seed))
     if variant.startswith("da3"):  # Depth Anything 3: not a transformers model
         from .da3.tiny import write_tiny_da3
 
