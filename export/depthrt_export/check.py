@@ -45,10 +45,11 @@ def run_check(bundle: str | Path, weights: str | None = None, images: list[str] 
     else:
         inputs = _synthetic_inputs(sizes)
     tol = spec.tolerances.get(precision) or spec.tolerances["fp32"]
-    rows = []
+    rows, refs = [], []
     for name, image in inputs:
         ours = estimator.predict(image)
         ref = reference(image)
+        refs.append(ref)
         row = {"image": name, "size": f"{image.shape[1]}x{image.shape[0]}", **metrics.compare(ours.depth, ref["depth"])}
         ok = row["nonfinite"] == 0 and row["rel_l2"] <= tol.rel_l2 and row["abs_rel"] <= tol.abs_rel
         if "sky" in ref:
@@ -67,8 +68,69 @@ def run_check(bundle: str | Path, weights: str | None = None, images: list[str] 
         "tolerance": {"rel_l2": tol.rel_l2, "abs_rel": tol.abs_rel},
         "images": rows,
         "worst_rel_l2": max(r["rel_l2"] for r in rows),
-        "passed": all(r["passed"] for r in rows),
+        "variants": (variants := check_variants(bundle, manifest, spec, inputs, refs)),
+        "passed": all(r["passed"] for r in rows) and all(v["passed"] for v in variants if "passed" in v),
     }
+
+
+def _variant_tolerance(spec, precision: str):
+    from .specs import REDUCED
+
+    return spec.tolerances.get(precision) or REDUCED[precision]
+
+
+def _variant_estimators(bundle: Path, manifest: dict):
+    """(precision, backend, estimator or None, why not) for every reduced-precision variant.
+
+    fp16 graphs run on ort-cuda where it is available, else in ONNX Runtime on the CPU (slow, but
+    the same numerics); bf16 runs on OpenVINO where the CPU supports it.
+    """
+    from depthrt.backends import unavailable
+
+    out = []
+    for graph in manifest["graphs"]:
+        if graph.get("precision") != "fp16":
+            continue
+        if unavailable("ort-cuda") is None:
+            out.append(("fp16", "ort-cuda", depthrt.load(bundle, backend="ort-cuda", precision="fp16"), None))
+            continue
+        from depthrt.backends.ort import OrtRunner
+
+        est = depthrt.load(bundle, backend="ort-cpu", precision="fp32")
+        est.runner = OrtRunner(bundle / graph["file"], "ort-cpu")  # the fp16 graph's numerics, on the CPU
+        out.append(("fp16", "ort-cpu (fp16 graph)", est, None))
+    if unavailable("openvino") is None:
+        try:
+            out.append(("bf16", "openvino", depthrt.load(bundle, backend="openvino", precision="bf16"), None))
+        except depthrt.BackendError as exc:
+            out.append(("bf16", "openvino", None, str(exc)))
+    return out
+
+
+def check_variants(bundle: Path, manifest: dict, spec, inputs, refs) -> list[dict]:
+    """Accuracy of every reduced-precision variant against the fp32 PyTorch reference."""
+    reports = []
+    for precision, backend, est, why_not in _variant_estimators(bundle, manifest):
+        if est is None:
+            reports.append({"precision": precision, "backend": backend, "skipped": why_not})
+            continue
+        tol = _variant_tolerance(spec, precision)
+        rows = []
+        for (name, image), ref in zip(inputs, refs):
+            row = {"image": name, "size": f"{image.shape[1]}x{image.shape[0]}",
+                   **metrics.compare(est.predict(image).depth, ref["depth"])}
+            row["within_tolerance"] = bool(row["nonfinite"] == 0 and row["rel_l2"] <= tol.rel_l2
+                                           and row["abs_rel"] <= tol.abs_rel)
+            rows.append(row)
+        # Reduced precision is the user's opt-in: its accuracy is reported, and only a broken variant
+        # (NaN or inf anywhere) fails the check. `check --precision P` gates on P's tolerance.
+        reports.append({"precision": precision, "backend": backend,
+                        "tolerance": {"rel_l2": tol.rel_l2, "abs_rel": tol.abs_rel}, "images": rows,
+                        "worst_rel_l2": max(r["rel_l2"] for r in rows),
+                        "worst_abs_rel": max(r["abs_rel"] for r in rows),
+                        "within_tolerance": all(r["within_tolerance"] for r in rows),
+                        "passed": all(r["nonfinite"] == 0 for r in rows)})
+    return reports
 
 
 def format_report(report: dict) -> str:
@@ -78,6 +140,15 @@ def format_report(report: dict) -> str:
     for r in report["images"]:
         lines.append(f"{r['image']:<24} {r['rel_l2']:>10.2e} {r['max_abs']:>10.2e} {r['abs_rel']:>10.2e} "
                      f"{r['delta1']:>8.4f}  {'ok' if r['passed'] else 'FAIL'}")
+    for v in report.get("variants") or []:
+        if "skipped" in v:
+            lines.append(f"{v['precision']} variant on {v['backend']}: not checked ({v['skipped']})")
+            continue
+        lines.append(f"{v['precision']} variant on {v['backend']} vs fp32 reference: worst rel-L2 "
+                     f"{v['worst_rel_l2']:.2e}, worst AbsRel {v['worst_abs_rel']:.2e} "
+                     f"(tolerance {v['tolerance']['rel_l2']:g} / {v['tolerance']['abs_rel']:g}: "
+                     f"{'within' if v['within_tolerance'] else 'over'}), "
+                     f"{'finite' if v['passed'] else 'FAIL: non-finite values'}")
     lines.append("PASSED" if report["passed"] else "FAILED")
     return "\n".join(lines)
 

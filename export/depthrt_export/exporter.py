@@ -87,12 +87,16 @@ def _export_feedforward(model: str, preset, weights: str | None, staging: Path, 
         torch_model = spec.load_model(resolved)
     with step(f"exporting {spec.architecture} to ONNX (opset {opset})"):
         graph = _export_graph(torch_model, spec, dynamic, staging / "model.onnx", opset)
+    from .fp16 import make_variant
+
+    with step("making the fp16 variant (fp32 islands: norms, softmax, head)"):
+        fp16_graph = make_variant(staging, graph)
     kind, units, description = spec.output(resolved.config)
     fields = {
         "model": {"name": preset.name if preset else model, "family": spec.family,
                   "architecture": spec.architecture, "variant": spec.variant(resolved.config)},
         "output": {"kind": kind, "units": units, "description": description},
-        "graphs": [graph],
+        "graphs": [graph, fp16_graph],
         "preprocessing": preprocessing,
         "postprocessing": postprocessing,
         "source": {"id": resolved.id, "revision": resolved.revision, "untrained": resolved.untrained,

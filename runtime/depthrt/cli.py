@@ -23,7 +23,10 @@ def _cmd_models(args) -> int:
 
         print(json.dumps([asdict(p) for p in PRESETS], indent=2))
     else:
+        from .presets import LEFT_OUT
+
         print(format_table())
+        print(f"\nnot included: {LEFT_OUT}")
     return 0
 
 
@@ -103,6 +106,59 @@ def _cmd_check(args) -> int:
     return 0 if report["passed"] else 1
 
 
+def _cmd_video(args) -> int:
+    from .video import run
+
+    result = run(args.bundle, input=args.input, camera=args.camera, out=args.out, stats=args.stats,
+                 headless=args.headless, backend=args.backend, precision=args.precision, view=args.view,
+                 cmap=args.cmap, smooth=args.smooth, resolution=args.resolution, threads=args.threads,
+                 max_frames=args.max_frames, force=args.force)
+    s = result.summary
+    lat = s["latency_ms"]["end_to_end"]
+    for warning in result.warnings:
+        print(f"depthrt video: warning: {warning}", file=sys.stderr)
+    where = f" to {result.output}" if result.output else ""
+    latency = f"; latency median {lat['median']:.0f} ms, p90 {lat['p90']:.0f} ms" if lat["count"] else ""
+    print(f"{s['frames']['out']} frame(s) written{where} ({s['frames']['in']} in, {s['frames']['dropped']} "
+          f"dropped); {s['fps']:.1f} FPS{latency}; stopped by {result.stopped_by}")
+    if args.stats:
+        print(f"stats written: {args.stats}")
+    if result.error is not None:
+        raise result.error
+    if result.stopped_by == "stream failure":
+        raise InputError(s["error"] + (f"; the frames processed so far are in {result.output}" if result.output else ""))
+    if result.stopped_by == "interrupt" and not s["source"]["live"]:
+        return 130  # a file cut short; Ctrl-C is the normal way to end a live run
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import format_table, parse_size, run_bench, save_json
+
+    image = None
+    if args.image:
+        from .imageio import read_image
+
+        image = read_image(args.image)
+    split = lambda values: [v.strip() for item in values or [] for v in item.split(",") if v.strip()]  # noqa: E731
+    references = () if args.reference == "none" else tuple(split([args.reference]))
+    report = run_bench(args.bundle, backends=split(args.backend) or None, precisions=split(args.precision) or None,
+                       size=parse_size(args.size), image=image, runs=args.runs, warmup=args.warmup,
+                       references=references, weights=args.weights, reference_precision=args.reference_precision,
+                       threads=args.threads, progress=lambda text: print(f"[bench] {text}", file=sys.stderr))
+    print(format_table(report))
+    if args.json:
+        save_json(report, args.json)
+        print(f"report written: {args.json}")
+    return 0 if any(row["error"] is None for row in report["entries"]) else 1
+
+
+def _cmd_build(args) -> int:
+    from depthrt_engines.cli import build_from_args  # lazy: the engine builder (TensorRT only when building)
+
+    return build_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS, PRECISIONS
 
@@ -124,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle checkpoints (pytorch_model.bin)")
     p.set_defaults(func=_cmd_export)
 
+    from depthrt_engines.cli import add_build_arguments  # argparse only: no TensorRT
+
+    p = sub.add_parser("build", help="build TensorRT engines for this GPU (or TensorRT-RTX), cached in BUNDLE/engines")
+    add_build_arguments(p)
+    p.set_defaults(func=_cmd_build)
+
     p = sub.add_parser("predict", help="depth maps for images")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("images", metavar="IMAGE", nargs="+")
@@ -144,6 +206,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--trust-pickle", action="store_true")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("video", help="depth for a video file, stream or camera, pipelined (needs depthrt[video])")
+    p.add_argument("bundle", metavar="BUNDLE")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="FILE|URL", help="video file (every frame, in order) or stream URL (live)")
+    src.add_argument("--camera", metavar="N", type=int, help="camera index (live: the newest frame is processed)")
+    p.add_argument("--out", metavar="FILE", help="write the depth video here (.mp4, .avi, .mkv, .mov, .m4v)")
+    p.add_argument("--headless", action="store_true", help="no window (use with --out and/or --stats)")
+    p.add_argument("--stats", metavar="FILE", help="write frame counts, FPS and per-stage latencies as JSON")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--view", default="depth", choices=("depth", "side-by-side", "overlay"),
+                   help="depth alone, frame and depth side by side, or depth blended over the frame")
+    p.add_argument("--cmap", default="turbo", help="colour map: turbo, inferno or gray (near is warm/bright)")
+    p.add_argument("--resolution", type=int, metavar="N", help="processing resolution: the model's resize "
+                   "target, i.e. about N pixels on the frame's short side (default: the bundle's, e.g. 518)")
+    p.add_argument("--smooth", type=float, metavar="ALPHA", help="steady colours over time: EMA of each frame's "
+                   "robust depth range with weight ALPHA for the newest frame, in (0, 1], e.g. 0.2 (default off)")
+    p.add_argument("--threads", type=int, help="inference threads (default: the CPU cores this process may use)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--force", action="store_true", help="overwrite existing --out / --stats files")
+    p.set_defaults(func=_cmd_video)
+
+    p = sub.add_parser("bench", help="time backends side by side with PyTorch as reference (per stage, FPS, memory)")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--backend", action="append", metavar="NAME[,NAME]",
+                   help=f"backends to time, from {', '.join(b for b in BACKENDS if b != 'auto')} "
+                        "(repeat or comma-separate; default: every available one)")
+    p.add_argument("--precision", action="append", metavar="P[,P]",
+                   help=f"precisions per backend, from {', '.join(PRECISIONS)} (default fp32)")
+    p.add_argument("--size", default="640x480", help="synthetic image WIDTHxHEIGHT (default 640x480)")
+    p.add_argument("--image", help="time on this image instead of a synthetic one")
+    p.add_argument("--runs", type=int, default=10, help="timed frames per entry (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed frames per entry first (default 2)")
+    p.add_argument("--reference", default="eager,compile",
+                   help="PyTorch references: eager, compile, both comma-separated, or none (default eager,compile)")
+    p.add_argument("--reference-precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--weights", help="weights for the PyTorch reference (default: the bundle's source)")
+    p.add_argument("--threads", type=int, help="CPU threads per backend (default: the cores this process may use)")
+    p.add_argument("--json", help="write the full report to this file")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

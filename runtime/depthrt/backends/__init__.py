@@ -15,14 +15,17 @@ import importlib
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import BackendError, InputError
 
 log = logging.getLogger("depthrt")
 
 # Best first: `auto` takes the first available one.
-_MODULES = {"trt": "trt", "ort-cuda": "ort", "openvino": "openvino", "ort-cpu": "ort"}
+_MODULES = {"trt": "trt", "trt-rtx": "trt", "ort-cuda": "ort", "openvino": "openvino", "ort-cpu": "ort"}
 BACKENDS = ("auto", *_MODULES)
 PRECISIONS = ("fp32", "fp16", "bf16")
+GPU_BACKENDS = ("trt", "ort-cuda")
 
 
 def _module(backend: str):
@@ -68,3 +71,121 @@ def open_graph(bundle: Path, graph: dict, backend: str, precision: str = "fp32",
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     return _module(backend).open_runner(Path(bundle), graph, backend, precision, threads)
+
+
+def select_graph(bundle: Path, graph: dict, precision: str) -> dict:
+    """The variant of ``graph`` stored at ``precision`` in the bundle (same name, its own file).
+
+    fp16 variants (fp16 with fp32 islands) are extra entries in the manifest's ``graphs``, made at
+    export; fp32 is the graph itself.
+    """
+    if graph.get("precision", "fp32") == precision:
+        return graph
+    from ..manifest import read_manifest
+
+    for other in read_manifest(bundle)["graphs"]:
+        if other["name"] == graph["name"] and other.get("precision", "fp32") == precision:
+            return other
+    raise BackendError(
+        f"bundle '{bundle}' has no {precision} variant of graph '{graph['name']}': add one with "
+        f"`python -m depthrt_export.fp16 {bundle}` (or re-export with this depthrt), or use --precision fp32"
+    )
+
+
+# --------------------------------------------------------------------------- device arrays
+_DL_CUDA, _DL_CUDA_MANAGED = 2, 13
+
+
+def device_pointer(value) -> int | None:
+    """The device address of a CUDA array (``__cuda_array_interface__`` or DLPack), None for host arrays.
+
+    Only C-contiguous arrays are accepted: the graph reads its inputs densely.
+    """
+    cai = getattr(value, "__cuda_array_interface__", None)
+    if cai is not None:
+        shape, strides = tuple(cai["shape"]), cai.get("strides")
+        itemsize = np.dtype(cai["typestr"]).itemsize
+        if strides is not None and tuple(strides) != _contiguous_strides(shape, itemsize):
+            raise InputError("a device array passed to depthrt is not C-contiguous: make it contiguous first "
+                             "(cupy.ascontiguousarray / tensor.contiguous())")
+        return int(cai["data"][0])
+    return None
+
+
+def is_dlpack_on_gpu(value) -> bool:
+    """Whether ``value`` is a DLPack array on a CUDA device (JAX, PyTorch, CuPy, ...)."""
+    dl_device = getattr(value, "__dlpack_device__", None)
+    if dl_device is None or isinstance(value, np.ndarray):
+        return False
+    kind, _ = dl_device()
+    return int(kind) in (_DL_CUDA, _DL_CUDA_MANAGED)
+
+
+def _contiguous_strides(shape: tuple, itemsize: int) -> tuple:
+    strides, step = [], itemsize
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(int(dim), 1)
+    return tuple(reversed(strides))
+
+
+class DeviceArray:
+    """A result left on the GPU: ``__cuda_array_interface__`` (CuPy, PyTorch, Numba read it without a
+    copy) and, where the owner offers it, ``__dlpack__``. ``numpy()`` copies it to the host.
+
+    It keeps the buffer's owner (an ORT OrtValue) alive while it exists.
+    """
+
+    def __init__(self, ptr: int, shape: tuple, dtype, device_id: int = 0, keep=None):
+        self.ptr, self.shape, self.dtype, self.device_id = int(ptr), tuple(shape), np.dtype(dtype), device_id
+        self._keep = keep
+
+    @classmethod
+    def from_ortvalue(cls, value, keep=None) -> "DeviceArray":
+        dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                  "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+        return cls(value.data_ptr(), tuple(value.shape()), dtypes[value.data_type()], keep=keep or value)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        # stream None: the runner synchronised its outputs before returning them.
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
+                "strides": None, "stream": None}
+
+    def __dlpack__(self, stream=None, **kwargs):
+        owner = getattr(self._keep, "__dlpack__", None)
+        if owner is None:
+            raise BufferError("this ONNX Runtime cannot export DLPack; read the array through "
+                              "__cuda_array_interface__ (cupy.asarray(x), torch.as_tensor(x, device='cuda'))")
+        return owner(stream=stream, **kwargs) if stream is not None else owner()
+
+    def __dlpack_device__(self):
+        return (_DL_CUDA, self.device_id)
+
+    def numpy(self) -> np.ndarray:
+        """A host copy."""
+        if hasattr(self._keep, "numpy"):
+            return np.asarray(self._keep.numpy())
+        raise BackendError("this device array cannot be copied to the host by depthrt; use cupy.asnumpy")
+
+    def __repr__(self) -> str:
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device_id})"
+
+
+def copy_device_to_device(dst: int, src: int, nbytes: int) -> None:
+    """cudaMemcpy device to device, through cuda-python, or CuPy where that is what is installed."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        cudart = None
+    if cudart is not None:
+        (err,) = cudart.cudaMemcpy(dst, src, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice)
+        if int(err) != 0:
+            raise BackendError(f"cudaMemcpy failed ({err})")
+        return
+    try:
+        import cupy
+    except ImportError:
+        raise BackendError("copying a device array into a CUDA graph's input needs cuda-python or CuPy: pip "
+                           "install cuda-python, or set DEPTHRT_CUDA_GRAPH=0") from None
+    cupy.cuda.runtime.memcpy(dst, src, nbytes, cupy.cuda.runtime.memcpyDeviceToDevice)

@@ -1,15 +1,124 @@
-"""OpenVINO backend (``openvino``): the CPU default where OpenVINO is installed."""
+"""OpenVINO backend (``openvino``): the CPU default where OpenVINO is installed.
+
+It reads the bundle's fp32 ONNX graph. ``precision="bf16"`` (opt-in) asks OpenVINO to run in
+bfloat16, which is fast only on CPUs with AVX512-BF16 or AMX; elsewhere it is refused rather than
+emulated. OpenVINO's CPU plugin picks bf16 by itself on such CPUs, so fp32 is requested explicitly:
+reduced precision is always the user's choice.
+
+Models are compiled once per input shape (static shapes run faster than OpenVINO's dynamic
+kernels, and a video or a benchmark repeats one shape); the few most recent shapes are kept.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import OrderedDict
 from pathlib import Path
 
-from ..errors import BackendError
+import numpy as np
+
+from ..errors import BackendError, BundleError
+
+log = logging.getLogger("depthrt")
+
+_HINTS = {"fp32": "f32", "bf16": "bf16"}
+MAX_COMPILED_SHAPES = 4  # each compiled shape holds its own weights copy in bf16 runs
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino
 
 
 def unavailable(backend: str) -> str | None:
-    return "backend openvino is not part of this depthrt yet"
+    if _openvino() is None:
+        return "backend openvino needs OpenVINO, which is not installed: pip install 'depthrt[cpu]'"
+    return None
+
+
+def supports_bf16(core) -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX), as OpenVINO sees it."""
+    try:
+        return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # an OpenVINO without the property: be conservative
+        return False
 
 
 def open_runner(bundle: Path, graph: dict, backend: str, precision: str, threads: int | None):
-    raise BackendError(unavailable(backend) or "backend openvino is not available")
+    if precision == "fp16":
+        raise BackendError("backend openvino runs fp32 or bf16 on the CPU, not fp16: use --precision bf16 (fast on "
+                           "CPUs with AVX512-BF16/AMX) or fp32; fp16 is for the GPU backends (ort-cuda, trt)")
+    if graph.get("precision", "fp32") != "fp32":
+        raise BackendError(f"backend openvino reads the fp32 graph, and '{graph['file']}' is {graph['precision']}")
+    return OpenVinoRunner(bundle / graph["file"], precision=precision, threads=threads)
+
+
+def _physical_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class OpenVinoRunner:
+    """One ONNX graph compiled by OpenVINO for the CPU, per input shape."""
+
+    def __init__(self, path: Path, precision: str = "fp32", threads: int | None = None):
+        ov = _openvino()
+        if ov is None:
+            raise BackendError(unavailable("openvino"))
+        self.name = "openvino"
+        self.precision = precision
+        self.core = ov.Core()
+        if precision == "bf16" and not supports_bf16(self.core):
+            raise BackendError("precision bf16 needs a CPU with AVX512-BF16 or AMX, and this one has neither: use "
+                               "--precision fp32")
+        self.config = {
+            "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": int(threads or _physical_cores()),
+        }
+        try:
+            self.model = self.core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError with a long C++ trace
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"OpenVINO cannot read '{path}': {first[:300]}; the file is damaged or not an ONNX "
+                              "graph: re-export the bundle") from None
+        self.input_names = [i.get_any_name() for i in self.model.inputs]
+        self.output_names = [o.get_any_name() for o in self.model.outputs]
+        self._compiled: OrderedDict[tuple, object] = OrderedDict()
+
+    def _request(self, shapes: tuple):
+        request = self._compiled.get(shapes)
+        if request is not None:
+            self._compiled.move_to_end(shapes)
+            return request
+        model = self.model.clone()
+        model.reshape({name: list(shape) for name, shape in zip(self.input_names, shapes)})
+        log.info("openvino: compiling for input shape %s (%s)", shapes, self.precision)
+        compiled = self.core.compile_model(model, "CPU", self.config)
+        request = compiled.create_infer_request()
+        self._compiled[shapes] = request
+        while len(self._compiled) > MAX_COMPILED_SHAPES:
+            self._compiled.popitem(last=False)
+        return request
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise BackendError(f"openvino: the graph needs input(s) {', '.join(missing)}")
+        arrays = [np.ascontiguousarray(feeds[n], dtype=np.float32) for n in self.input_names]
+        try:
+            request = self._request(tuple(a.shape for a in arrays))
+            request.infer({n: a for n, a in zip(self.input_names, arrays)})
+            # The request owns its output buffers and reuses them on the next run: copy out.
+            return {n: np.array(request.get_tensor(n).data, copy=True) for n in self.output_names}
+        except BackendError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"openvino failed to run the graph: {first[:300]}") from None

@@ -1,20 +1,349 @@
-"""TensorRT backend (``trt``): plans built by `depthrt build` for this GPU."""
+"""TensorRT backends: ``trt`` (full TensorRT 10) and ``trt-rtx`` (TensorRT for RTX GPUs).
+
+Plans come from `depthrt build` and sit in ``BUNDLE/engines/<key>/<graph>.plan`` with their
+metadata beside them in ``<graph>.plan.json`` (so ``trtexec`` can still read the plan). The
+metadata is checked before TensorRT sees the plan: another GPU or TensorRT version, a re-exported
+graph, or a truncated or replaced plan each fail with a message naming the `depthrt build` command
+to run. The runner binds tensors by name, runs ``execute_async_v3`` on its own CUDA stream with
+device buffers allocated once per input shape, stages through pinned host memory, and replays a
+captured CUDA graph when a shape repeats.
+
+Nothing here imports tensorrt or cuda-python at import time: ``import depthrt`` stays lean.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import importlib
+import importlib.metadata
+import json
+import logging
+import shlex
+import subprocess
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendError
+import numpy as np
+
+from ..errors import BackendError, BundleError, InputError
+
+log = logging.getLogger("depthrt")
+
+ENGINES_DIR = "engines"
+METADATA_FORMAT = "depthrt-engine"
+METADATA_VERSION = 1
+# Import names per target. `tensorrt_rtx_bindings` is what the pip wheels install (the
+# `tensorrt-rtx` meta package is a stub); `tensorrt_rtx` is the name in NVIDIA's own wheels.
+_IMPORTS = {"trt": ("tensorrt",), "trt-rtx": ("tensorrt_rtx_bindings", "tensorrt_rtx")}
+_DISTRIBUTIONS = {
+    "trt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"),
+    "trt-rtx": ("tensorrt-rtx-cu13-bindings", "tensorrt-rtx-cu12-bindings", "tensorrt-rtx"),
+}
+_PIP = {"trt": "pip install tensorrt-cu12 cuda-python",
+        "trt-rtx": "pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs cuda-python"}
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+_MAX_SHAPES = 4  # shapes whose buffers and CUDA graphs stay allocated at once
+
+
+def load_tensorrt(target: str = "trt") -> Any | None:
+    """The TensorRT module for ``target``, or None when it is not installed."""
+    for name in _IMPORTS[target]:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        # `pip install tensorrt-stubs` leaves a `tensorrt/` folder of .pyi files only; Python imports it
+        # as an empty namespace package, which is not TensorRT.
+        if hasattr(module, "Builder") and hasattr(module, "Runtime"):
+            return module
+    return None
+
+
+def tensorrt_version(target: str = "trt", load: bool = False) -> str | None:
+    """The installed TensorRT version; ``load=False`` reads package metadata without importing it."""
+    if load:
+        module = load_tensorrt(target)
+        return str(module.__version__) if module is not None else None
+    for dist in _DISTRIBUTIONS[target]:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cudart() -> Any | None:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            return None
+    return cudart
+
+
+@lru_cache(maxsize=1)
+def query_gpu() -> tuple[str, str] | None:
+    """(name, compute capability "X.Y") of GPU 0, or None when there is none (or no way to ask)."""
+    cudart = _cudart()
+    if cudart is not None:
+        err, prop = cudart.cudaGetDeviceProperties(0)
+        if err == cudart.cudaError_t.cudaSuccess:
+            name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+            return name.strip("\x00 ").strip(), f"{prop.major}.{prop.minor}"
+        return None
+    try:  # no cuda-python: the driver's own tool still names the GPU (for keys and messages)
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        name, cap = (s.strip() for s in out.strip().splitlines()[0].rsplit(",", 1))
+        return name, cap
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 def unavailable(backend: str) -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return ("backend trt needs TensorRT, which is not installed here; install TensorRT 10 and build an "
-                "engine with `depthrt build BUNDLE`")
-    return "backend trt: TensorRT is installed, but this depthrt has no TensorRT runner yet"
+    target = backend
+    if load_tensorrt(target) is None:
+        what = "TensorRT 10" if target == "trt" else "TensorRT for RTX"
+        return (f"backend {backend} needs {what}, which is not installed here ({_PIP[target]}); then build "
+                f"an engine with `depthrt build BUNDLE{' --target trt-rtx' if target == 'trt-rtx' else ''}`")
+    if _cudart() is None:
+        return f"backend {backend} needs cuda-python for its CUDA stream and buffers: pip install cuda-python"
+    gpu = query_gpu()
+    if gpu is None:
+        return f"backend {backend} needs an NVIDIA GPU, and none is usable here"
+    if target == "trt-rtx" and gpu[1] not in RTX_COMPUTE_CAPABILITIES:
+        return (f"backend trt-rtx runs on GeForce/RTX PRO GPUs; {gpu[0]} (compute capability {gpu[1]}) needs "
+                "full TensorRT: --backend trt")
+    return None
+
+
+def build_command(bundle: Path, meta: dict) -> str:
+    """The `depthrt build` command that remakes the engine ``meta`` describes, for this machine."""
+    return shlex.join(["depthrt", "build", str(bundle), *meta.get("build_args", [])])
+
+
+def _environment_mismatch(meta: dict, target: str, version: str | None, gpu: tuple[str, str] | None) -> str | None:
+    env = meta["plan"]["environment"]
+    what = "TensorRT" if target == "trt" else "TensorRT-RTX"
+    if env["tensorrt_version"] != version:
+        return f"the engine was built with {what} {env['tensorrt_version']}, and this machine has {what} {version}"
+    if target == "trt" and gpu is not None and (env["gpu_name"], env["compute_capability"]) != tuple(gpu):
+        return (f"the engine was built for {env['gpu_name']} (compute capability {env['compute_capability']}), "
+                f"and this GPU is {gpu[0]} (compute capability {gpu[1]})")
+    targets = meta["plan"]["options"].get("compute_capabilities")
+    if target == "trt-rtx" and gpu is not None and targets and gpu[1] not in targets:
+        return f"the engine targets compute capabilities {', '.join(targets)}, and this GPU has {gpu[1]}"
+    return None
+
+
+def find_engine(bundle: Path, graph: dict, target: str, precision: str, version: str | None,
+                gpu: tuple[str, str] | None) -> tuple[Path, dict]:
+    """The plan (and its metadata) for ``graph`` that this machine can run; pure file checks, no TensorRT."""
+    candidates = []
+    for meta_path in sorted((bundle / ENGINES_DIR).glob(f"*/{graph['name']}.plan.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            plan = meta["plan"]
+            fits = (meta.get("format") == METADATA_FORMAT and plan["graph"] == graph["name"]
+                    and plan["options"]["target"] == target)
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring '%s': not depthrt engine metadata", meta_path)
+            continue
+        # A plan built from an older export of the graph is stale: skip it. (An fp16 variant's plan
+        # records its logical graph's hash as source_sha256.)
+        if fits and graph["sha256"] in (plan["onnx_sha256"], plan.get("source_sha256")):
+            candidates.append((meta_path, meta))
+    flag = " --target trt-rtx" if target == "trt-rtx" else ""
+    same_precision = [c for c in candidates if c[1]["plan"]["options"]["precision"] == precision]
+    if not same_precision:
+        built = sorted({m["plan"]["options"]["precision"] for _, m in candidates})
+        also = f" (it has {', '.join(built)} engines: use precision {' or '.join(built)})" if built else ""
+        raise BackendError(f"bundle '{bundle}' has no {target} engine for graph '{graph['name']}' at precision "
+                           f"{precision}{also}; build one: depthrt build {shlex.quote(str(bundle))} "
+                           f"--precision {precision}{flag}")
+    reasons = []
+    # Newest first: after a rebuild with other options, the engine the user just built is the one used.
+    for meta_path, meta in sorted(same_precision, key=lambda c: str(c[1].get("created", "")), reverse=True):
+        reason = _environment_mismatch(meta, target, version, gpu)
+        if reason is None:
+            return _checked_plan(meta_path, meta, bundle), meta
+        reasons.append((reason, meta))
+    reason, meta = reasons[0]
+    raise BackendError(f"{reason}: rebuild the engine on this machine with `{build_command(bundle, meta)}`")
+
+
+def _checked_plan(meta_path: Path, meta: dict, bundle: Path) -> Path:
+    """The plan file beside ``meta_path``, checked against the size and hash its metadata records."""
+    plan = meta_path.parent / meta.get("plan_file", "")
+    size = plan.stat().st_size if plan.is_file() else None
+    rebuild = f"delete '{meta_path.parent}' and rebuild with `{build_command(bundle, meta)}`"
+    if size != meta.get("plan_bytes"):
+        state = "missing" if size is None else f"{size} bytes, not the {meta.get('plan_bytes')} recorded"
+        raise BundleError(f"engine '{plan}' is {state}: it was truncated or replaced; {rebuild}")
+    from ..manifest import sha256_file
+
+    if sha256_file(plan) != meta.get("plan_sha256"):
+        raise BundleError(f"engine '{plan}' does not match the hash in its metadata: it was replaced; {rebuild}")
+    return plan
+
+
+def check_shapes(profiles: dict[str, dict], feeds: dict[str, np.ndarray]) -> None:
+    """Reject inputs the engine's profile does not cover, naming the supported range."""
+    if set(feeds) != set(profiles):
+        raise InputError(f"the engine takes inputs {sorted(profiles)}, and was given {sorted(feeds)}")
+    for name, profile in profiles.items():
+        shape, lo, hi = tuple(feeds[name].shape), profile["min"], profile["max"]
+        if len(shape) != len(lo) or not all(a <= v <= b for a, v, b in zip(lo, shape, hi)):
+            dims = "x".join
+            raise InputError(
+                f"input '{name}' of shape {dims(map(str, shape))} is outside the engine's profile: it supports "
+                f"{dims(map(str, lo))} to {dims(map(str, hi))}; resize the image into that range, or rebuild "
+                "the engine with a wider --min/--max (depthrt build BUNDLE --min HxW --opt HxW --max HxW)"
+            )
 
 
 def open_runner(bundle: Path, graph: dict, backend: str, precision: str, threads: int | None):
-    raise BackendError(unavailable(backend) or "backend trt is not available")
+    reason = unavailable(backend)
+    if reason is not None:
+        raise BackendError(reason)
+    plan, meta = find_engine(bundle, graph, backend, precision, tensorrt_version(backend, load=True), query_gpu())
+    return TrtRunner(plan, meta, backend, build_command(bundle, meta))
+
+
+class _Cuda:
+    """Thin checked calls into cuda-python's runtime API (each returns (error, *values))."""
+
+    def __init__(self) -> None:
+        self.rt: Any = _cudart()
+
+    def __call__(self, fn: str, *args: Any) -> Any:
+        err, *values = getattr(self.rt, fn)(*args)
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise BackendError(f"CUDA {fn} failed: {self.rt.cudaGetErrorString(err)[1].decode()}")
+        return values[0] if len(values) == 1 else values or None
+
+
+class _ShapeState:
+    """Device buffers, pinned host buffers and (once captured) a CUDA graph for one set of input shapes."""
+
+    def __init__(self, cuda: _Cuda, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype]):
+        self.cuda, self.runs, self.graph_exec, self.device, self.host = cuda, 0, None, {}, {}
+        self._pinned = []
+        for name, shape in shapes.items():
+            count = int(np.prod(shape))
+            nbytes = max(1, count * dtypes[name].itemsize)
+            self.device[name] = cuda("cudaMalloc", nbytes)
+            ptr = cuda("cudaMallocHost", nbytes)
+            self._pinned.append(ptr)
+            raw = (ctypes.c_byte * nbytes).from_address(ptr)
+            self.host[name] = np.frombuffer(memoryview(raw), dtype=dtypes[name], count=count).reshape(shape)
+
+    def free(self) -> None:
+        if self.graph_exec is not None:
+            self.cuda("cudaGraphExecDestroy", self.graph_exec)
+        for ptr in self.device.values():
+            self.cuda("cudaFree", ptr)
+        for ptr in self._pinned:
+            self.cuda("cudaFreeHost", ptr)
+        self.device, self.host, self._pinned = {}, {}, []
+
+
+class TrtRunner:
+    """One TensorRT plan, run by tensor name on an explicit stream."""
+
+    def __init__(self, plan: Path, meta: dict, backend: str, rebuild: str):
+        self.name, self.meta = backend, meta
+        self.profiles = meta["plan"]["profiles"]
+        if TYPE_CHECKING:  # mypy checks these calls against tensorrt-stubs (scripts/typecheck-trt)
+            import tensorrt as trt
+        else:  # trt and trt-rtx share this API
+            trt = load_tensorrt(backend)
+        self.cuda = _Cuda()
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise BundleError(f"TensorRT could not load '{plan}': the file is damaged or was not built by this "
+                              f"TensorRT for this GPU; rebuild it with `{rebuild}`")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.stream = self.cuda("cudaStreamCreate")
+        self._states: dict[tuple, _ShapeState] = {}
+        self._current: tuple | None = None
+        self.use_graphs = True
+
+    def _state_for(self, feeds: dict[str, np.ndarray]) -> _ShapeState:
+        key = tuple(tuple(feeds[n].shape) for n in self.inputs)
+        state = self._states.get(key)
+        if key != self._current:  # TensorRT keeps one shape per context: set it (cheap) on every switch
+            for name in self.inputs:
+                if not self.context.set_input_shape(name, feeds[name].shape):
+                    raise InputError(f"TensorRT refused shape {feeds[name].shape} for input '{name}'")
+            if state is None:
+                if len(self._states) >= _MAX_SHAPES:  # keep memory bounded for streams of varied sizes
+                    self._states.pop(next(iter(self._states))).free()
+                shapes = {n: tuple(feeds[n].shape) for n in self.inputs}
+                shapes.update({n: tuple(self.context.get_tensor_shape(n)[:]) for n in self.outputs})
+                state = self._states[key] = _ShapeState(self.cuda, shapes, self.dtypes)
+            for name, ptr in state.device.items():
+                self.context.set_tensor_address(name, int(ptr))
+            self._current = key
+        assert state is not None
+        return state
+
+    def _enqueue(self, state: _ShapeState) -> None:
+        """Copies in, the engine, copies out: all asynchronous on our stream."""
+        h2d, d2h = (self.cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                    self.cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        for name in self.inputs:
+            host = state.host[name]
+            self.cuda("cudaMemcpyAsync", state.device[name], host.ctypes.data, host.nbytes, h2d, self.stream)
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise BackendError(f"{self.name}: TensorRT failed to run the engine (see the TensorRT log above)")
+        for name in self.outputs:
+            host = state.host[name]
+            self.cuda("cudaMemcpyAsync", host.ctypes.data, state.device[name], host.nbytes, d2h, self.stream)
+
+    def _capture(self, state: _ShapeState) -> None:
+        """Record copies + engine as a CUDA graph: replaying it skips per-layer launch overhead."""
+        rt = self.cuda.rt
+        try:
+            self.cuda("cudaStreamBeginCapture", self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+            try:
+                self._enqueue(state)
+            finally:
+                graph = self.cuda("cudaStreamEndCapture", self.stream)
+            state.graph_exec = self.cuda("cudaGraphInstantiate", graph, 0)
+            self.cuda("cudaGraphDestroy", graph)
+        except BackendError as exc:  # some engines cannot be captured: run them plainly instead
+            log.info("%s: CUDA graph capture failed (%s); running without graphs", self.name, exc)
+            self.use_graphs = False
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_shapes(self.profiles, feeds)
+        state = self._state_for(feeds)
+        for name in self.inputs:
+            np.copyto(state.host[name], feeds[name], casting="same_kind")
+        if state.graph_exec is None and self.use_graphs and state.runs >= 1:
+            self._capture(state)  # the first run of a shape ran plainly, as TensorRT asks before capture
+        if state.graph_exec is not None:
+            self.cuda("cudaGraphLaunch", state.graph_exec, self.stream)
+        else:
+            self._enqueue(state)
+        self.cuda("cudaStreamSynchronize", self.stream)
+        state.runs += 1
+        return {name: state.host[name].copy() for name in self.outputs}
+
+    def __del__(self) -> None:
+        try:
+            for state in self._states.values():
+                state.free()
+            self.cuda("cudaStreamDestroy", self.stream)
+        except Exception:  # interpreter shutdown: CUDA may already be gone
+            pass
