@@ -63,17 +63,17 @@ PRESETS: tuple[Preset, ...] = (
     Preset("marigold-depth-lcm-v1-0", "prs-eth/marigold-depth-lcm-v1-0", "marigold", "relative_depth",
            "affine-invariant [0,1]", "apache-2.0", tiny="marigold-depth-lcm"),
     Preset("lotus-depth-g-v2-1-disparity", "jingheya/lotus-depth-g-v2-1-disparity", "lotus",
-           "relative_inverse_depth", "relative", "apache-2.0", status="planned: issue 4 (latent diffusion)"),
+           "relative_inverse_depth", "relative", "apache-2.0", tiny="lotus-depth-g"),
     Preset("lotus-depth-d-v2-0-disparity", "jingheya/lotus-depth-d-v2-0-disparity", "lotus",
-           "relative_inverse_depth", "relative", "apache-2.0", status="planned: issue 4 (latent diffusion)"),
+           "relative_inverse_depth", "relative", "apache-2.0", tiny="lotus-depth-d"),
     Preset("lotus-normal-g-v1-1", "jingheya/lotus-normal-g-v1-1", "lotus", "normals", "unit vectors",
-           "apache-2.0", status="planned: issue 4 (latent diffusion)"),
+           "apache-2.0", tiny="lotus-normal-g"),
     Preset("lotus-normal-d-v1-1", "jingheya/lotus-normal-d-v1-1", "lotus", "normals", "unit vectors",
-           "apache-2.0", status="planned: issue 4 (latent diffusion)"),
+           "apache-2.0", tiny="lotus-normal-d"),
     Preset("lbm-depth", "jasperai/LBM_depth", "lbm", "relative_depth", "relative", "cc-by-nc-4.0",
-           status="planned: issue 4 (latent diffusion)"),
+           tiny="lbm-depth"),
     Preset("lbm-normals", "jasperai/LBM_normals", "lbm", "normals", "unit vectors", "cc-by-nc-4.0",
-           status="planned: issue 4 (latent diffusion)"),
+           tiny="lbm-normals"),
 )
 
 

@@ -62,6 +62,9 @@ from pathlib import Path
 
 _FAMILY_MODULES = {"marigold": "marigold", "lotus": "lotus", "lbm": "lbm"}
 DIFFUSION_FAMILIES = tuple(_FAMILY_MODULES)
+# Parity checks (run_check, format_report, EXPORT_CHECK): Marigold against diffusers' pipelines,
+# Lotus and LBM against PyTorch loops that follow their published code.
+_CHECK_MODULES = {"marigold": "check_marigold", "lotus": "reference_lotus", "lbm": "reference_lbm"}
 
 
 def export_diffusion_bundle(preset, weights: str | None, out_staging_dir: str | Path, opset: int = 17) -> dict:
@@ -81,6 +84,6 @@ def checker_for(family: str):
     if family not in _FAMILY_MODULES:
         raise BundleError(f"family '{family}' is not a latent-diffusion family")
     try:
-        return importlib.import_module(f"{__name__}.check_{_FAMILY_MODULES[family]}")
+        return importlib.import_module(f"{__name__}.{_CHECK_MODULES[family]}")
     except ModuleNotFoundError:
         raise BundleError(f"depthrt check has no PyTorch reference for family '{family}' yet") from None
