@@ -25,6 +25,10 @@ def test_manifest_records_everything(tiny_bundle):
     assert all(len(f["sha256"]) == 64 for f in manifest["source"]["files"])
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest["tools"])
     assert manifest["parity"]["passed"] is True
+    fp16 = [g for g in manifest["graphs"] if g.get("precision") == "fp16"]
+    assert len(fp16) == 1 and fp16[0]["name"] == graph["name"] and fp16[0]["file"] == "model.fp16.onnx"
+    assert "LayerNormalization" in fp16[0]["fp32_islands"]["op_types"] or fp16[0]["fp32_islands"]["nodes"] > 0
+    assert [v["precision"] for v in manifest["parity"]["variants"]][:1] == ["fp16"]
 
 
 def test_schema_rejects_unknown_and_missing_fields(tiny_bundle):

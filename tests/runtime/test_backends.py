@@ -20,13 +20,23 @@ needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not in
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle):
-    return tiny_bundle("depth-anything-v2-small")[0]
+def bundle(tiny_bundle, tmp_path_factory):
+    """A copy of the tiny bundle without its fp16 variant (as an export before variants had it)."""
+    import json
+
+    copy = tmp_path_factory.mktemp("fp32") / "bundle"
+    shutil.copytree(tiny_bundle("depth-anything-v2-small")[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for graph in [g for g in manifest["graphs"] if g.get("precision") == "fp16"]:
+        (copy / graph["file"]).unlink()
+        manifest["graphs"].remove(graph)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
 
 
 @pytest.fixture(scope="module")
 def fp16_bundle(bundle, tmp_path_factory):
-    """A copy of the tiny bundle with its fp16 variant added."""
+    """A copy of the fp32-only bundle with its fp16 variant added by the stand-alone tool."""
     from depthrt_export.fp16 import add_fp16_variants
 
     copy = tmp_path_factory.mktemp("fp16") / "bundle"
