@@ -40,6 +40,31 @@ def test_trt_rtx_builds_each_family_with_its_dynamic_profile(preset, tiny_bundle
     assert path == built.path
 
 
+# The other families: Depth Anything 3 (depth + sky outputs) and the latent-diffusion ones, whose
+# bundles hold three graphs (VAE encoder, UNet, VAE decoder) with latent-size dynamic dimensions.
+MORE_PRESETS = ("da3-mono-large", "marigold-depth-v1-1", "lotus-depth-g-v2-1-disparity", "lbm-depth")
+
+
+@pytest.mark.parametrize("preset", MORE_PRESETS)
+def test_trt_rtx_builds_every_graph_of_the_other_families(preset, tiny_bundle, tmp_path, copy_bundle):
+    bundle, manifest = tiny_bundle(preset)
+    bundle = copy_bundle(bundle, tmp_path / "bundle")
+    built = build_bundle(bundle, BuildConfig(target="trt-rtx"), progress=False)
+    fp32_graphs = [g for g in manifest["graphs"] if g.get("precision", "fp32") == "fp32"]
+    assert sorted(b.path.stem for b in built) == sorted(g["name"] for g in fp32_graphs)
+    for engine in built:
+        assert engine.path.stat().st_size > 100_000
+        for profile in engine.metadata["plan"]["profiles"].values():
+            assert profile["min"] != profile["max"] or len(profile["min"]) == 1  # spatial dims stay dynamic
+
+
+def test_every_family_is_built_here():
+    from depthrt.presets import PRESETS, find_preset
+
+    covered = {find_preset(p).family for p in FAMILY_PRESETS + MORE_PRESETS}
+    assert covered == {p.family for p in PRESETS}
+
+
 @pytest.fixture
 def copy_bundle():
     import shutil
