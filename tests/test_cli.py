@@ -1,7 +1,6 @@
 """The command line as a user runs it: outputs, and a clear one-line error for every bad input."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 

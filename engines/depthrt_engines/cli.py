@@ -7,7 +7,6 @@ module imports no TensorRT, so ``--plan-only`` works on any machine.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from depthrt.errors import InputError

@@ -168,7 +168,7 @@ def format_plan(plan: BuildPlan, bundle: str) -> str:
     lines = [
         f"graph {plan.graph_name} ({plan.onnx_file}, sha256 {plan.onnx_sha256[:12]}...)",
         f"  target      {env.target} (TensorRT {env.tensorrt_version or 'not installed here'})",
-        f"  device      " + (f"{env.gpu_name} (compute capability {env.compute_capability})" if env.gpu_name
+        "  device      " + (f"{env.gpu_name} (compute capability {env.compute_capability})" if env.gpu_name
                              else "any RTX GPU (JIT-compiled at load)" if env.target == "trt-rtx"
                              else "no GPU found here: the key differs on the GPU machine"),
         f"  precision   {plan.config.precision}: {plan.precision_mode}",

@@ -8,7 +8,6 @@ arbitrary code when loaded, so they are refused unless the user passes ``--trust
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics, processing
-from .errors import BackendError, InputError
+from . import metrics
+from .errors import InputError
 
 log = logging.getLogger("depthrt")
 
@@ -96,11 +96,11 @@ class _BundleFrame:
     def __call__(self, image: np.ndarray):
         est = self.est
         t0 = time.perf_counter()
-        tensor, meta = est._preprocess(image, None)
+        tensor, meta = est.preprocess(image)
         t1 = time.perf_counter()
-        out = est.runner.run({est._input: tensor[None]})[est._output][0]
+        out = {name: value[0] for name, value in est.infer(tensor[None]).items()}
         t2 = time.perf_counter()
-        depth = processing.postprocess(out, meta, est.manifest["postprocessing"])
+        depth = est.postprocess(out, meta).depth
         t3 = time.perf_counter()
         return depth, {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2, "end_to_end": t3 - t0}
 

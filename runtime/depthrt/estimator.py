@@ -63,6 +63,7 @@ class Estimator:
         post = self.manifest["postprocessing"]
         self._input = self.graph["inputs"][0]["name"]
         self._output = post.get("depth_output") or self.graph["outputs"][0]["name"]
+        self.depth_output = self._output  # the name of the graph output that holds depth
         self._sky_output = post["sky"]["output"] if "sky" in post else None
         self._metric = post.get("metric")
         dyn = self.graph["dynamic"]
@@ -89,7 +90,7 @@ class Estimator:
             raise InputError("focal_px only applies to models whose metric scale depends on the focal length "
                              f"(Depth Anything 3 metric); this bundle is {self.manifest['model']['name']}")
         images = [_check_image(im, None if single else i) for i, im in enumerate(images)]
-        prepared = [self._preprocess(im, None if single else i, processing_resolution)
+        prepared = [self._prepare(im, "image" if single else f"image {i}", processing_resolution)
                     for i, im in enumerate(images)]
         outputs: list[dict | None] = [None] * len(images)
         # Images that preprocess to the same size run as one batch (up to the graph's batch range).
@@ -99,21 +100,38 @@ class Estimator:
         for indices in by_shape.values():
             for start in range(0, len(indices), self._max_batch):
                 chunk = indices[start:start + self._max_batch]
-                batch = np.stack([prepared[i][0] for i in chunk])
-                result = self.runner.run({self._input: batch})
+                result = self.infer(np.stack([prepared[i][0] for i in chunk]))
                 for row, i in enumerate(chunk):
                     outputs[i] = {name: value[row] for name, value in result.items()}
-        preds = [self._postprocess(out, meta, focal_px) for out, (_, meta) in zip(outputs, prepared)]
+        preds = [self.postprocess(out, meta, focal_px) for out, (_, meta) in zip(outputs, prepared)]
         return preds[0] if single else preds
 
-    def _postprocess(self, out: dict, meta: dict, focal_px) -> Prediction:
+    # The three stages of predict, public so that pipelines (video, benchmarks, C++ hosts) can run
+    # them in different threads or time them: preprocess -> infer -> postprocess.
+
+    @property
+    def size_ranges(self) -> dict:
+        """The graph's allowed input ``height`` and ``width`` ({min, opt, max, multiple_of})."""
+        return dict(self._ranges)
+
+    def preprocess(self, image: np.ndarray, processing_resolution: int | None = None) -> tuple[np.ndarray, dict]:
+        """One HxWx3 uint8 image -> (float32 (3, h, w) model input, meta for :meth:`postprocess`)."""
+        return self._prepare(_check_image(image, None), "image", processing_resolution)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on an (N, 3, h, w) float32 batch; returns its outputs by name."""
+        return self.runner.run({self._input: batch})
+
+    def postprocess(self, outputs: dict[str, np.ndarray], meta: dict, focal_px=None) -> Prediction:
+        """One image's graph outputs (batch row) and its meta -> the :class:`Prediction` at its size."""
         post = self.manifest["postprocessing"]
         if self._sky_output is None:
-            depth = processing.postprocess(out[self._output], meta, post)
+            depth = processing.postprocess(outputs[self._output], meta, post)
             return Prediction(depth=depth, kind=self.kind, units=self.units)
         from .sky import postprocess_sky
 
-        depth, sky = postprocess_sky(out[self._output], out[self._sky_output], tuple(meta["input_size"]), post)
+        depth, sky = postprocess_sky(outputs[self._output], outputs[self._sky_output],
+                                     tuple(meta["input_size"]), post)
         kind, units = self.kind, self.units
         if self._metric:
             if focal_px is None:
@@ -134,8 +152,7 @@ class Estimator:
         (big_h, big_w), (h, w) = meta["input_size"], meta["model_size"]
         return 0.5 * (fx * w / big_w + fy * h / big_h)
 
-    def _preprocess(self, image: np.ndarray, index: int | None, resolution: int | None = None):
-        where = "image" if index is None else f"image {index}"
+    def _prepare(self, image: np.ndarray, where: str, resolution: int | None = None):
         h, w = image.shape[:2]
         patch = max(r.get("multiple_of", 1) for r in self._ranges.values()) if self._ranges else 1
         if h < patch or w < patch:

@@ -1,9 +1,8 @@
 """The estimator split into stages (preprocess, inference, depth map) that can run in different threads.
 
-``FrameModel`` is a thin adapter over an :class:`~depthrt.estimator.Estimator`'s attributes; it adds
-a processing-resolution override (the resize target of the bundle's preprocessing), which video
-needs to trade detail for frame rate. Both belong on the Estimator itself eventually
-(``Estimator(processing_resolution=N)``, ``est.preprocess``, ``est.infer``, ``est.postprocess``).
+``FrameModel`` runs an :class:`~depthrt.estimator.Estimator`'s stages (``preprocess``, ``infer``)
+with a processing-resolution override (the resize target of the bundle's preprocessing), which
+video needs to trade detail for frame rate, and a fast depth resize for display.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ class FrameModel:
         """Fail before the run when frames of this size fall outside the graph's ranges."""
         h, w = self.model_size(height, width)
         for axis, size in (("height", h), ("width", w)):
-            r = self.est._ranges.get(axis)
+            r = self.est.size_ranges.get(axis)
             if r and not r["min"] <= size <= r["max"]:
                 change = "a larger" if size < r["min"] else "a smaller"
                 how = f"pass {change} --resolution" if self.resolution else "pass --resolution N to change it"
@@ -63,7 +62,7 @@ class FrameModel:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, h, w) float32 -> (N, h', w') model output."""
-        out = self.est.runner.run({self.est._input: batch})[self.est._output]
+        out = self.est.infer(batch)[self.est.depth_output]
         return out.reshape(out.shape[0], *out.shape[-2:])
 
     def to_depth(self, out: np.ndarray, meta: dict, size: tuple[int, int] | None = None) -> np.ndarray:
