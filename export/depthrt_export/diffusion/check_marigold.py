@@ -99,16 +99,24 @@ def run_check(bundle: str | Path, weights: str | None = None, backend: str = "or
             row = {"image": f"synthetic {w}x{h}", "size": f"{w}x{h}", "steps": n, "ensemble": ens,
                    **compare(ours, ref, task)}
             (info if (task == "depth" and ens > 1) else rows).append(row)
+    # informative rows: depth ensembles, aligned by another solver than diffusers'
+    return loop_report(f"diffusers {type(pipeline).__name__} with the same latents", weights or manifest["source"]["id"],
+                       estimator, precision, resolution, rows, info)
+
+
+def loop_report(reference: str, weights: str, estimator, precision: str, resolution, rows: list[dict],
+                informative: list[dict] | None = None) -> dict:
+    """The parity report of a latent-diffusion check (Marigold, Lotus, LBM share its format)."""
     return {
-        "reference": f"diffusers {type(pipeline).__name__} with the same latents",
-        "weights": weights or manifest["source"]["id"],
+        "reference": reference,
+        "weights": weights,
         "backend": estimator.backend,
         "precision": precision,
         "machine": platform.machine(),
         "processing_resolution": resolution,
         "tolerance": {"rel_l2": REL_L2, "abs_rel": ABS_REL, "angle_mean_deg": ANGLE_DEG},
         "images": rows,
-        "informative": info,  # depth ensembles: another alignment solver than diffusers'
+        "informative": informative or [],
         "worst_rel_l2": max(r["rel_l2"] for r in rows),
         "passed": all(r["passed"] for r in rows),
     }

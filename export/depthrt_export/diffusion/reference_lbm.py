@@ -83,7 +83,7 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
     from depthrt.manifest import read_manifest, verify_hashes
     from depthrt.samples import synthetic_image
 
-    from .check_marigold import ABS_REL, ANGLE_DEG, REL_L2, compare
+    from .check_marigold import compare, loop_report
     from .lbm import load_unet, load_vae, read_checkpoint, resolve_lbm
 
     bundle = Path(bundle)
@@ -110,14 +110,8 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
             ours = pred.normals if task == "normals" else pred.depth
             rows.append({"image": f"synthetic {w}x{h}", "size": f"{w}x{h}", "steps": n, "ensemble": 1,
                          **compare(ours, ref, task)})
-    return {
-        "reference": "LBM evaluate() + LBMModel.sample reference loop (PyTorch, posterior mean, same bridge noise)",
-        "weights": weights or manifest["source"]["id"], "backend": estimator.backend, "precision": precision,
-        "processing_resolution": resolution,
-        "tolerance": {"rel_l2": REL_L2, "abs_rel": ABS_REL, "angle_mean_deg": ANGLE_DEG},
-        "images": rows, "informative": [], "worst_rel_l2": max(r["rel_l2"] for r in rows),
-        "passed": all(r["passed"] for r in rows),
-    }
+    return loop_report("LBM evaluate() + LBMModel.sample reference loop (PyTorch, posterior mean, same bridge noise)",
+                       weights or manifest["source"]["id"], estimator, precision, resolution, rows)
 
 
 def format_report(report: dict) -> str:

@@ -101,7 +101,7 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
     from depthrt.manifest import read_manifest, verify_hashes
     from depthrt.samples import synthetic_image
 
-    from .check_marigold import ABS_REL, ANGLE_DEG, REL_L2, compare
+    from .check_marigold import compare, loop_report
     from .lotus import load_lotus, processing_size
 
     bundle = Path(bundle)
@@ -128,14 +128,8 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
         ours = pred.normals if task == "normals" else pred.depth
         rows.append({"image": f"synthetic {w}x{h}", "size": f"{w}x{h}", "steps": 1, "ensemble": 1,
                      **compare(ours, ref, task)})
-    return {
-        "reference": "Lotus pipeline.py reference loop (PyTorch, posterior mean)",
-        "weights": weights or manifest["source"]["id"], "backend": estimator.backend, "precision": precision,
-        "processing_resolution": resolution,
-        "tolerance": {"rel_l2": REL_L2, "abs_rel": ABS_REL, "angle_mean_deg": ANGLE_DEG},
-        "images": rows, "informative": [], "worst_rel_l2": max(r["rel_l2"] for r in rows),
-        "passed": all(r["passed"] for r in rows),
-    }
+    return loop_report("Lotus pipeline.py reference loop (PyTorch, posterior mean)",
+                       weights or manifest["source"]["id"], estimator, precision, resolution, rows)
 
 
 def format_report(report: dict) -> str:

@@ -238,7 +238,7 @@ class OrtCudaRunner:
                                f"{np.dtype(self._input_types[name])}: convert it first")
         binding.bind_input(name, "cuda", self.device_id, dtype, list(shape), ptr)
 
-    def _run_bound(self, feeds: dict) -> dict:
+    def _run_bound(self, feeds: dict, options=None) -> dict:
         self._held = []
         binding = self.session.io_binding()
         for name in self.input_names:
@@ -246,7 +246,7 @@ class OrtCudaRunner:
         for name in self.output_names:
             binding.bind_output(name, "cuda", self.device_id)
         binding.synchronize_inputs()
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, options)
         binding.synchronize_outputs()
         return dict(zip(self.output_names, binding.get_outputs()))
 
@@ -282,16 +282,7 @@ class OrtCudaRunner:
     def _run_bound_uncaptured(self, feeds: dict) -> dict:
         options = self.ort.RunOptions()
         options.add_run_config_entry("gpu_graph_id", "-1")  # ORT: -1 runs without capture or replay
-        self._held = []
-        binding = self.session.io_binding()
-        for name in self.input_names:
-            self._bind_input(binding, name, feeds[name])
-        for name in self.output_names:
-            binding.bind_output(name, "cuda", self.device_id)
-        binding.synchronize_inputs()
-        self.session.run_with_iobinding(binding, options)
-        binding.synchronize_outputs()
-        return dict(zip(self.output_names, binding.get_outputs()))
+        return self._run_bound(feeds, options)
 
 
 def _on_device(value) -> bool:
