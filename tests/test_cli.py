@@ -242,3 +242,27 @@ def test_check_fails_against_other_weights(bundle, tmp_path):
     result = run_cli("check", str(bundle), "--weights", str(other))
     assert result.returncode == 1
     assert "FAILED" in result.stdout
+
+
+def test_predict_normals_bundle_writes_normal_maps(tiny_bundle, tmp_path):
+    bundle, _ = tiny_bundle("marigold-normals-v1-1")
+    out = tmp_path / "o"
+    result = run_cli("predict", str(bundle), str(SAMPLE), "--out", str(out), "--backend", "ort-cpu")
+    assert result.returncode == 0, result.stderr
+    normals = np.load(out / "sample.normals.npy")
+    assert normals.shape == (480, 640, 3)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-3)
+    rgb = np.array(Image.open(out / "sample.normals.png"))
+    assert rgb.shape == (480, 640, 3) and rgb.dtype == np.uint8
+    assert_clean_error(run_cli("predict", str(bundle), str(SAMPLE), "--out", str(out), "--save", "png16"),
+                       "normals")
+
+
+@pytest.mark.parametrize("preset", ["marigold-depth-v1-1", "da3-mono-large"])
+def test_check_dispatches_to_the_family_reference(preset, tiny_bundle):
+    bundle, _ = tiny_bundle(preset)
+    result = run_cli("check", str(bundle), "--processing-resolution", "64") if preset.startswith("marigold") \
+        else run_cli("check", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert ("diffusers" if preset.startswith("marigold") else "Depth Anything 3") in result.stdout
+    assert "PASSED" in result.stdout

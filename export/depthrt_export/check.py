@@ -9,6 +9,7 @@ import numpy as np
 
 import depthrt
 from depthrt import metrics
+from depthrt.errors import BundleError
 from depthrt.manifest import read_manifest, verify_hashes, write_json_atomic
 from depthrt.samples import synthetic_image
 
@@ -22,6 +23,29 @@ DEFAULT_SIZES = ((517, 333), (360, 480), (701, 250))
 
 def _synthetic_inputs(sizes) -> list[tuple[str, np.ndarray]]:
     return [(f"synthetic {w}x{h}", synthetic_image(h, w, seed=i)) for i, (h, w) in enumerate(sizes)]
+
+
+def check_bundle(bundle: str | Path, weights: str | None = None, images: list[str] | None = None,
+                 backend: str = "ort-cpu", precision: str = "fp32", trust_pickle: bool = False,
+                 processing_resolution: int | None = None) -> tuple[dict, str]:
+    """`depthrt check` for any family: (report, printable table).
+
+    ``processing_resolution`` applies to latent-diffusion bundles (default: the bundle's, e.g. 768).
+    """
+    from .diffusion import DIFFUSION_FAMILIES, checker_for
+
+    family = read_manifest(bundle)["model"]["family"]
+    if family in DIFFUSION_FAMILIES:
+        if images:
+            raise BundleError(f"--images is not supported for {family} bundles yet: they are checked on "
+                              "synthetic images with the same initial noise on both sides")
+        checker = checker_for(family)
+        report = checker.run_check(bundle, weights=weights, backend=backend, precision=precision,
+                                   processing_resolution=processing_resolution)
+        return report, checker.format_report(report)
+    report = run_check(bundle, weights=weights, images=images, backend=backend, precision=precision,
+                       trust_pickle=trust_pickle)
+    return report, format_report(report)
 
 
 def run_check(bundle: str | Path, weights: str | None = None, images: list[str] | None = None,

@@ -40,17 +40,25 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _parse_save(text: str) -> list[str]:
+def _parse_save(text: str | None, normals: bool) -> list[str]:
+    """What to write per image; normals bundles write an RGB normal map and/or the raw array."""
+    if text is None:
+        return ["color", "npy"] if normals else ["png16", "color"]
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     bad = [k for k in kinds if k not in SAVE_KINDS]
     if bad or not kinds:
         raise InputError(f"--save {text!r}: choose from {', '.join(SAVE_KINDS)} (comma-separated)")
+    if normals and "png16" in kinds:
+        raise InputError("--save png16 writes depth maps; this bundle predicts surface normals: use --save "
+                         "color (RGB normal map, also used for controlnet) and/or npy (HxWx3 float32)")
     return kinds
 
 
-def _output_names(images: list[str], out: Path, kinds: list[str]) -> list[dict[str, Path]]:
+def _output_names(images: list[str], out: Path, kinds: list[str], normals: bool = False) -> list[dict[str, Path]]:
     """Output file paths per image; inputs with the same file stem get distinct names."""
     suffix = {"png16": ".depth.png", "color": ".color.png", "npy": ".depth.npy", "controlnet": ".controlnet.png"}
+    if normals:
+        suffix.update(color=".normals.png", npy=".normals.npy")
     seen: dict[str, int] = {}
     names = []
     for image in images:
@@ -66,10 +74,13 @@ def _cmd_predict(args) -> int:
     from . import imageio
     from .estimator import load
 
-    kinds = _parse_save(args.save)
+    from .manifest import read_manifest
+
+    normals = read_manifest(args.bundle)["output"]["kind"] == "normals"
+    kinds = _parse_save(args.save, normals)
     out = Path(args.out)
     imageio.ensure_output_dir(out)
-    targets = _output_names(args.images, out, kinds)
+    targets = _output_names(args.images, out, kinds, normals)
     if not args.force:  # refuse before any work, so nothing is half-written
         existing = [str(p) for t in targets for p in t.values() if p.exists()]
         if existing:
@@ -81,7 +92,12 @@ def _cmd_predict(args) -> int:
     for path, image, target in zip(args.images, images, targets):
         pred = est.predict(image)
         for kind, dest in target.items():
-            if kind == "png16":
+            if pred.normals is not None:  # color and controlnet: the (n + 1) / 2 RGB normal map
+                if kind == "npy":
+                    imageio.write_npy(dest, pred.normals, overwrite=args.force)
+                else:
+                    imageio.write_normals_png(dest, pred.normals, overwrite=args.force)
+            elif kind == "png16":
                 imageio.write_depth_png16(dest, pred.depth, overwrite=args.force)
             elif kind == "color":
                 imageio.write_color_png(dest, pred.depth, kind=pred.kind, overwrite=args.force)
@@ -95,11 +111,12 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from depthrt_export.check import format_report, run_check, save_report
+    from depthrt_export.check import check_bundle, save_report
 
-    report = run_check(args.bundle, weights=args.weights, images=args.images, backend=args.backend,
-                       precision=args.precision, trust_pickle=args.trust_pickle)
-    print(format_report(report))
+    report, table = check_bundle(args.bundle, weights=args.weights, images=args.images, backend=args.backend,
+                                 precision=args.precision, trust_pickle=args.trust_pickle,
+                                 processing_resolution=args.processing_resolution)
+    print(table)
     if args.json:
         save_report(report, args.json)
         print(f"report written: {args.json}")
@@ -192,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="depth_out", help="output folder (default: depth_out)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--save", default="png16,color", help=f"what to write per image, from {','.join(SAVE_KINDS)} "
-                   "(default png16,color; controlnet = white-near 8-bit map)")
+    p.add_argument("--save", help=f"what to write per image, from {','.join(SAVE_KINDS)} (default png16,color; "
+                   "normals bundles: color,npy); controlnet = white-near 8-bit depth map, or the RGB normal map")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=_cmd_predict)
 
@@ -205,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="ort-cpu", choices=BACKENDS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--processing-resolution", type=int, metavar="N",
+                   help="Marigold, Lotus, LBM: check at this processing resolution (default: the bundle's)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("video", help="depth for a video file, stream or camera, pipelined (needs depthrt[video])")
