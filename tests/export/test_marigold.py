@@ -72,7 +72,9 @@ def test_matches_diffusers_with_the_same_latents(marigold, preset_name):
 def test_bundle_layout_and_loop(marigold):
     _, bundle = marigold("marigold-depth-v1-1")
     manifest = read_manifest(bundle)
-    assert [g["name"] for g in manifest["graphs"]] == ["vae_encoder", "unet", "vae_decoder"]
+    names = ["vae_encoder", "unet", "vae_decoder"]
+    assert [(g["name"], g["precision"]) for g in manifest["graphs"]] == [(n, "fp32") for n in names] + \
+        [(n, "fp16") for n in names]  # fp16 variants with calibrated fp32 islands (test_diffusion_fp16)
     for graph in manifest["graphs"]:
         assert (bundle / graph["external_data"]).is_file()  # weights always in external data
     loop = manifest["loop"]

@@ -19,7 +19,16 @@ always in external data ``<graph>.onnx.data`` so the 3-5 GB UNets and the tiny o
   divides by ``scaling_factor``) -> ``decoded`` [batch, 3, latent_height*f, latent_width*f], raw.
   Family post-processing (channel mean, clip, normalise) happens in the numpy runtime.
 
-All graphs are fp32 (the VAEs overflow in fp16; fp16 safety is a later step).
+The family modules write fp32 graphs. ``export_diffusion_bundle`` then adds an fp16 variant of each
+(``<graph>.fp16.onnx`` + ``.data``; manifest entry of the same name with ``"precision": "fp16"``,
+picked by ``depthrt.backends.select_graph`` on ort-cuda / trt at ``precision="fp16"``): fp16 with
+fp32 islands that are *calibrated*, because SD/SDXL VAE decoders carry activations far above fp16's
+65504 (conv outputs and residual sums in the up-blocks, the mid-block attention). The fp32 graphs run
+on realistic inputs (synthetic photos, their latents, unit Gaussian latents, the UNet at several
+timesteps) and every node reading or writing a tensor above 65504/4 stays fp32, plus the usual norm /
+softmax / attention-score islands; ``fp32_islands`` records the rule, the largest fp32 magnitude
+seen and the pinned nodes (``depthrt_export.fp16.diffusion_variants``). ``python -m
+depthrt_export.fp16 BUNDLE`` does the same for a bundle exported without them.
 
 Conditioning. The empty-prompt text embedding is computed once at export with the pipeline's own
 tokenizer + text encoder and stored as ``empty_prompt.npy`` (float32 [1, seq, dim]); the manifest's
@@ -67,14 +76,24 @@ DIFFUSION_FAMILIES = tuple(_FAMILY_MODULES)
 _CHECK_MODULES = {"marigold": "check_marigold", "lotus": "reference_lotus", "lbm": "reference_lbm"}
 
 
-def export_diffusion_bundle(preset, weights: str | None, out_staging_dir: str | Path, opset: int = 17) -> dict:
-    """Export the graphs of a latent-diffusion preset into ``out_staging_dir``; return manifest fields."""
+def export_diffusion_bundle(preset, weights: str | None, out_staging_dir: str | Path, opset: int = 17,
+                            fp16: bool = True) -> dict:
+    """Export the graphs of a latent-diffusion preset into ``out_staging_dir``; return manifest fields.
+
+    ``fp16``: also write the fp16 variants with calibrated fp32 islands (see the module docstring)."""
     from depthrt.errors import WeightsError
+    from depthrt.progress import step
 
     if preset.family not in _FAMILY_MODULES:
         raise WeightsError(f"preset '{preset.name}' (family {preset.family}) is not a latent-diffusion model")
     module = importlib.import_module(f"{__name__}.{_FAMILY_MODULES[preset.family]}")
-    return module.export(preset, weights or preset.hub_id, Path(out_staging_dir), opset)
+    fields = module.export(preset, weights or preset.hub_id, Path(out_staging_dir), opset)
+    if fp16:
+        from ..fp16 import diffusion_variants
+
+        with step("making the fp16 variants (fp32 islands: norms, softmax, and what overflows on a calibration run)"):
+            fields["graphs"] = fields["graphs"] + diffusion_variants(out_staging_dir, fields["graphs"], fields["loop"])
+    return fields
 
 
 def checker_for(family: str):

@@ -10,7 +10,10 @@ runs it: ``depthrt.diffusion.marigold``, ``.lotus``, ``.lbm``; each defines a su
 
 ``base.DiffusionEstimator`` (shared) does everything that is not the family's loop:
 
-* opens the three graphs with ``depthrt.backends.open_graph`` (runner.run(feeds) -> dict) and
+* opens the three graphs (their fp32 manifest entries) with ``depthrt.backends.open_graph``
+  (runner.run(feeds) -> dict); at ``precision="fp16"`` the GPU backends pick each graph's fp16
+  variant (calibrated fp32 islands, made at export) through ``select_graph``, ort-cpu and openvino
+  refuse fp16; and
   runs them in chunks of the graph's batch range: ``encode(image) -> scaled latent``,
   ``unet(**feeds) -> model_output``, ``decode(latent) -> raw decoder output``;
 * loads and checks the empty-prompt embedding (``self.text_embedding``, float32 [1, seq, dim]);

@@ -133,7 +133,8 @@ class DiffusionEstimator:
         self.loop = manifest["loop"]
         self.kind = manifest["output"]["kind"]
         self.units = manifest["output"]["units"]
-        graphs = {g["name"]: g for g in manifest["graphs"]}
+        # The fp32 entries; open_graph picks a graph's fp16 variant itself (select_graph) at precision fp16.
+        graphs = {g["name"]: g for g in manifest["graphs"] if g.get("precision", "fp32") == "fp32"}
         missing = [name for name in GRAPHS if name not in graphs]
         if missing:
             raise BundleError(f"bundle '{bundle}' lacks the graph(s) {', '.join(missing)} that a "
