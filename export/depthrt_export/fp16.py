@@ -127,6 +127,23 @@ def drop_round_trip_casts(graph) -> int:
     return len(rename)
 
 
+def initializer_bytes(graph) -> int:
+    """Bytes of ``graph``'s initializers, whether their data is loaded or still in external data."""
+    import math
+
+    from onnx import TensorProto, helper
+
+    total = 0
+    for t in graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            length = next((e.value for e in t.external_data if e.key == "length"), None)
+            total += int(length) if length is not None else math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(
+                t.data_type).itemsize
+        else:
+            total += len(t.raw_data) or t.ByteSize()
+    return total
+
+
 def convert(src: str | Path, dst: str | Path, scopes=HEAD_SCOPES, keep_nodes=(), external: bool | None = None) -> dict:
     """Write the fp16-with-fp32-islands version of the ONNX graph ``src`` to ``dst``; return the islands.
 
@@ -136,11 +153,15 @@ def convert(src: str | Path, dst: str | Path, scopes=HEAD_SCOPES, keep_nodes=(),
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(src))
+    # The weights are read once: the header first (their size decides the path), then either the
+    # external data into it or, above protobuf's 2 GB, the shape-inferred copy (which would otherwise
+    # sit beside a first full copy: two copies of a 5 GB UNet at once).
+    model = onnx.load(str(src), load_external_data=False)
     infer = True
-    if sum(len(t.raw_data) for t in model.graph.initializer) > LARGE:
+    if initializer_bytes(model.graph) > LARGE:
         # Shape inference on an in-memory proto above protobuf's 2 GB fails: infer on the files
         # instead (beside the source, so its external data is found) and let the converter skip it.
+        del model
         inferred = Path(src).with_name(Path(src).stem + ".shapes.onnx")
         try:
             onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
@@ -148,6 +169,10 @@ def convert(src: str | Path, dst: str | Path, scopes=HEAD_SCOPES, keep_nodes=(),
         finally:
             inferred.unlink(missing_ok=True)
         infer = False
+    else:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(Path(src).parent))
     named = {n.name for n in model.graph.node}
     unnamed = 0
     for i, node in enumerate(model.graph.node):  # the converter blocks nodes by name: every node needs one
@@ -221,6 +246,32 @@ CALIBRATION_RULE = ("fp32 where a node reads or writes a float tensor above 6550
                     "timestep embedding (timestep to its first linear layer)")
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc's ``malloc_trim``). Freed
+    protobuf / torch buffers of a few MB each stay in the process' heap otherwise: after a 5 GB UNet
+    export that is ~9 GB of resident memory the next step cannot use for its own large buffers."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        pass
+
+
+UNCALIBRATED_RULE = ("not calibrated: the graph's weights are stored as fp16 (an SDXL-sized UNet), whose calibration "
+                     "run does not fit a 24 GiB export machine; fp32 islands by rule only: norms, softmax, attention "
+                     "scores and the UNet's timestep embedding (timestep to its first linear layer)")
+
+
+def stores_fp16_weights(graph) -> bool:
+    """Whether ``graph`` keeps (some of) its weights as fp16 initializers, cast to fp32 where used."""
+    from onnx import TensorProto
+
+    return any(t.data_type == TensorProto.FLOAT16 for t in graph.initializer)
+
+
 def _node_names(graph) -> list[str]:
     """Node names as :func:`convert` sees them (unnamed nodes get the same generated names)."""
     return [node.name or f"_depthrt_node_{i}" for i, node in enumerate(graph.node)]
@@ -241,17 +292,29 @@ def activation_maxima(path: str | Path, feeds_list: list[dict], threads: int | N
              for v in (*typed.graph.value_info, *typed.graph.input, *typed.graph.output)}
     del typed
     initializers = {t.name for t in model.graph.initializer}
-    tensors = [i.name for i in model.graph.input if i.name not in initializers]
-    tensors += [o for node in model.graph.node for o in node.output if o]
-    probes = []
-    for i, name in enumerate(dict.fromkeys(tensors)):
-        if types.get(name) != TensorProto.FLOAT:
-            continue
-        out = f"_depthrt_amax_{i}"
-        model.graph.node.extend([helper.make_node("Abs", [name], [out + "_abs"]),
-                                 helper.make_node("ReduceMax", [out + "_abs"], [out], keepdims=0)])
-        model.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
-        probes.append((name, out))
+    probes, seen, graph_outputs = [], set(), model.graph.output
+
+    def probed(names):  # the Abs + ReduceMax probes of the float tensors ``names``
+        nodes = []
+        for name in names:
+            if not name or name in seen or name in initializers or types.get(name) != TensorProto.FLOAT:
+                continue
+            seen.add(name)
+            out = f"_depthrt_amax_{len(probes)}"
+            nodes += [helper.make_node("Abs", [name], [out + "_abs"]),
+                      helper.make_node("ReduceMax", [out + "_abs"], [out], keepdims=0)]
+            graph_outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
+            probes.append((name, out))
+        return nodes
+
+    # Each probe right after the node writing its tensor, run in that order (PRIORITY_BASED: the ready
+    # node first in the graph's order): probes appended at the end of the graph may be scheduled last,
+    # which keeps every activation alive until then (12 GB on the SDXL VAE decoder's calibration).
+    nodes = probed(i.name for i in model.graph.input)
+    for node in model.graph.node:
+        nodes += [node, *probed(node.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     probe = path.with_name(f".{path.stem}.calibration.onnx")  # beside the graph: its external data resolves
     try:
         onnx.save_model(model, str(probe))
@@ -259,6 +322,7 @@ def activation_maxima(path: str | Path, feeds_list: list[dict], threads: int | N
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.log_severity_level = 3
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(probe), sess_options=options, providers=["CPUExecutionProvider"])
@@ -383,16 +447,27 @@ def diffusion_variants(bundle: str | Path, graphs: list[dict], loop: dict, headr
             f"timesteps {', '.join(f'{t:g}' for t in CALIBRATION_TIMESTEPS)}")
     out = []
     for name, graph in fp32.items():
-        pinned, figures = calibrated_nodes(bundle / graph["file"], feeds[name], headroom)
-        if name == "unet":
-            import onnx
+        import onnx
 
-            proto = onnx.load(str(bundle / graph["file"]), load_external_data=False)
-            pinned += [n for n in timestep_path_nodes(proto.graph) if n not in pinned]
-            del proto
-        calibration = {"rule": CALIBRATION_RULE.format(h=headroom, t=figures["threshold"], what=what),
-                       "threshold": figures["threshold"], "max_abs": figures["max_abs"], "pinned": pinned}
+        proto = onnx.load(str(bundle / graph["file"]), load_external_data=False)
+        half_stored = stores_fp16_weights(proto.graph)
+        timestep = timestep_path_nodes(proto.graph) if name == "unet" else []
+        del proto
+        if half_stored:
+            # SDXL-sized UNet (weights stored fp16 + Cast, 2.4e9 parameters): ONNX Runtime's CPU run of its
+            # calibration probe peaks at ~19-23 GB (measured; OOM-killed inside the export on a 24 GiB
+            # machine), where the rest of the export peaks at 14 GB. Its weights are fp16 already and SDXL's UNet runs in fp16 in
+            # diffusers' own pipelines (only the VAE overflows), so it keeps the fixed islands alone.
+            pinned = timestep
+            calibration = {"rule": UNCALIBRATED_RULE, "pinned": pinned}
+        else:
+            pinned, figures = calibrated_nodes(bundle / graph["file"], feeds[name], headroom)
+            pinned += [n for n in timestep if n not in pinned]
+            calibration = {"rule": CALIBRATION_RULE.format(h=headroom, t=figures["threshold"], what=what),
+                           "threshold": figures["threshold"], "max_abs": figures["max_abs"], "pinned": pinned}
+        release_memory()
         out.append(make_variant(bundle, graph, scopes=(), keep_nodes=pinned, external=True, calibration=calibration))
+        release_memory()
     return out
 
 
@@ -430,8 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     for g in manifest["graphs"]:
         if g.get("precision") == "fp16":
             isl = g["fp32_islands"]
-            calibrated = (f"; {len(isl['pinned'])} pinned by the calibrated rule, fp32 max |x| {isl['max_abs']:.3g}"
-                          if "pinned" in isl else "")
+            calibrated = ""
+            if isl.get("max_abs") is not None:
+                calibrated = f"; {len(isl['pinned'])} pinned by the calibrated rule, fp32 max |x| {isl['max_abs']:.3g}"
+            elif "pinned" in isl:
+                calibrated = f"; not calibrated (fp16-stored weights), {len(isl['pinned'])} timestep nodes pinned"
             print(f"{g['file']}: fp16, {isl['nodes']} nodes kept fp32 ({', '.join(isl['op_types'] + isl['scopes'])})"
                   f"{calibrated}")
     return 0

@@ -105,9 +105,34 @@ def test_lbm_fp16_weight_storage_path(lbm, tmp_path, monkeypatch):
 
     ckpt, _, parts = lbm("lbm-depth")
     monkeypatch.setattr(lbm_export, "UNET_FP32_LIMIT", 0)
-    est = load_bundle(write_bundle(lbm_export, "lbm-depth", ckpt, tmp_path / "half"))
+    bundle = write_bundle(lbm_export, "lbm-depth", ckpt, tmp_path / "half")
+    est = load_bundle(bundle)
     assert est.loop["unet_weights"] == "float16"
     _compare(est, parts, "depth", CASES[:1], TOLERANCE, "lbm-depth fp16 weights")
+
+    # Its fp16 variant: the UNet is not calibrated (that run does not fit 24 GiB at SDXL size) and
+    # keeps the rule-based fp32 islands; the variant still runs and stays finite.
+    import numpy as np
+    import onnxruntime as ort
+
+    from depthrt_export.fp16 import UNCALIBRATED_RULE, add_fp16_variants
+
+    manifest = add_fp16_variants(bundle)
+    unet16 = next(g for g in manifest["graphs"] if g["name"] == "unet" and g.get("precision") == "fp16")
+    assert unet16["fp32_islands"]["rule"] == UNCALIBRATED_RULE and "max_abs" not in unet16["fp32_islands"]
+    assert len(unet16["fp32_islands"]["pinned"]) > 0  # the timestep path
+    session = ort.InferenceSession(str(bundle / unet16["file"]))
+    feeds = {}
+    for spec in session.get_inputs():
+        shape = [2 if isinstance(d, str) else d for d in spec.shape]
+        if spec.name == "timestep":
+            feeds[spec.name] = np.full(shape, 999.0, np.float32)
+        elif "int" in spec.type:
+            feeds[spec.name] = np.zeros(shape, np.int64)
+        else:
+            feeds[spec.name] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    (out,) = session.run(None, feeds)
+    assert np.isfinite(out).all()
 
 
 def test_sdxl_architecture_from_shapes():

@@ -89,8 +89,9 @@ def export_diffusion_bundle(preset, weights: str | None, out_staging_dir: str | 
     module = importlib.import_module(f"{__name__}.{_FAMILY_MODULES[preset.family]}")
     fields = module.export(preset, weights or preset.hub_id, Path(out_staging_dir), opset)
     if fp16:
-        from ..fp16 import diffusion_variants
+        from ..fp16 import diffusion_variants, release_memory
 
+        release_memory()  # the UNet export's freed buffers, before the calibration run allocates its own
         with step("making the fp16 variants (fp32 islands: norms, softmax, and what overflows on a calibration run)"):
             fields["graphs"] = fields["graphs"] + diffusion_variants(out_staging_dir, fields["graphs"], fields["loop"])
     return fields
