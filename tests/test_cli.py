@@ -1,6 +1,7 @@
 """The command line as a user runs it: outputs, and a clear one-line error for every bad input."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -266,3 +267,25 @@ def test_check_dispatches_to_the_family_reference(preset, tiny_bundle):
     assert result.returncode == 0, result.stderr
     assert ("diffusers" if preset.startswith("marigold") else "Depth Anything 3") in result.stdout
     assert "PASSED" in result.stdout
+
+
+def test_predict_keeps_earlier_maps_when_a_later_image_is_corrupt(bundle, tmp_path):
+    good = _write_png(tmp_path / "good.png", 60, 80)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "o"
+    result = run_cli("predict", str(bundle), str(good), str(bad), "--out", str(out), "--save", "npy")
+    assert_clean_error(result, "bad.png")
+    assert np.load(out / "good.depth.npy").shape == (60, 80)
+    assert not (out / "bad.depth.npy").exists()
+
+
+def test_manifest_follows_the_umask_not_mkstemps_0600(tmp_path):
+    from depthrt.manifest import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644

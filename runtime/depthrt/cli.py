@@ -86,11 +86,16 @@ def _cmd_predict(args) -> int:
         if existing:
             raise OutputError(f"'{existing[0]}' already exists ({len(existing)} output file(s) would be "
                               "overwritten); pass --force, or choose another --out")
-    images = [imageio.read_image(p) for p in args.images]  # all unreadable files fail before any work
+    # Missing files and folders fail before any work; each image is then decoded only when its turn
+    # comes, so thousands of inputs never sit in memory at once (a corrupt one stops the run there,
+    # with the maps of the images before it written).
+    for path in args.images:
+        if not Path(path).is_file():
+            imageio.read_image(path)  # raises the one-line error naming the path
     est = load(args.bundle, backend=args.backend, precision=args.precision)
     print(f"model {est.manifest['model']['name']} on backend {est.backend} ({args.precision})", file=sys.stderr)
-    for path, image, target in zip(args.images, images, targets):
-        pred = est.predict(image)
+    for path, target in zip(args.images, targets):
+        pred = est.predict(imageio.read_image(path))
         for kind, dest in target.items():
             if pred.normals is not None:  # color and controlnet: the (n + 1) / 2 RGB normal map
                 if kind == "npy":
@@ -106,7 +111,7 @@ def _cmd_predict(args) -> int:
             else:
                 imageio.write_controlnet_png(dest, pred.depth, pred.kind, overwrite=args.force)
         print(f"{path}: " + ", ".join(str(p) for p in target.values()))
-    print(f"wrote {len(images)} image(s) to {out} ({est.kind}, {est.units})")
+    print(f"wrote {len(args.images)} image(s) to {out} ({est.kind}, {est.units})")
     return 0
 
 
