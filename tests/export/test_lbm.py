@@ -10,31 +10,11 @@ import numpy as np
 import pytest
 
 from depthrt.errors import InputError, WeightsError
+from diffusion_bundles import load_bundle, write_bundle
 
 pytest.importorskip("diffusers")
 pytest.importorskip("yaml")
 
-
-
-def write_bundle(module, preset_name: str, weights, out):
-    """The family's export entry + the fields the exporter adds, validated: a loadable bundle."""
-    from depthrt.manifest import SCHEMA_VERSION, validate_manifest, write_json_atomic
-    from depthrt.presets import find_preset
-
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    fields = module.export(find_preset(preset_name), str(weights), out, 17)
-    manifest = {"schema_version": SCHEMA_VERSION, "created": "test", **fields, "tools": {}, "parity": None}
-    validate_manifest(manifest)
-    write_json_atomic(out / "manifest.json", manifest)
-    return out
-
-
-def load_bundle(bundle):
-    from depthrt.diffusion import load_diffusion
-    from depthrt.manifest import read_manifest
-
-    return load_diffusion(bundle, read_manifest(bundle), "ort-cpu")
 
 PRESETS = {"lbm-depth": "lbm-depth", "lbm-normals": "lbm-normals"}
 # (height, width, processing_resolution, steps): buckets 1280x768 and 640x1536 scaled to 128 / 96

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from depthrt.errors import InputError, WeightsError
+from diffusion_bundles import load_bundle, write_bundle
 
 pytest.importorskip("diffusers")
 
@@ -23,27 +23,6 @@ PRESETS = {  # preset -> tiny variant
 # (height, width, processing_resolution): downscaled non-square, upscaled, input size (0)
 CASES = [(50, 75, 64), (41, 30, 88), (44, 58, 0)]
 TOLERANCE = 1e-2
-
-
-def write_bundle(module, preset_name: str, weights: Path, out: Path) -> Path:
-    """The family's export entry + the fields the exporter adds, validated: a loadable bundle."""
-    from depthrt.manifest import SCHEMA_VERSION, validate_manifest, write_json_atomic
-    from depthrt.presets import find_preset
-
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    fields = module.export(find_preset(preset_name), str(weights), out, 17)
-    manifest = {"schema_version": SCHEMA_VERSION, "created": "test", **fields, "tools": {}, "parity": None}
-    validate_manifest(manifest)
-    write_json_atomic(out / "manifest.json", manifest)
-    return out
-
-
-def load_bundle(bundle: Path):
-    from depthrt.diffusion import load_diffusion
-    from depthrt.manifest import read_manifest
-
-    return load_diffusion(bundle, read_manifest(bundle), "ort-cpu")
 
 
 @pytest.fixture(scope="module")

@@ -62,11 +62,7 @@ def run_check(bundle: str | Path, weights: str | None = None, backend: str = "or
     import torch
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    if manifest["model"]["family"] != "marigold":
-        raise BundleError(f"'{bundle}' is a {manifest['model']['family']} bundle, not a Marigold one")
-    if verify:
-        verify_hashes(bundle, manifest)
+    manifest = read_family_manifest(bundle, "marigold", "a Marigold", verify)
     loop = manifest["loop"]
     task = loop["task"]
     if pipeline is None:
@@ -102,6 +98,16 @@ def run_check(bundle: str | Path, weights: str | None = None, backend: str = "or
     # informative rows: depth ensembles, aligned by another solver than diffusers'
     return loop_report(f"diffusers {type(pipeline).__name__} with the same latents", weights or manifest["source"]["id"],
                        estimator, precision, resolution, rows, info)
+
+
+def read_family_manifest(bundle: Path, family: str, what: str, verify: bool) -> dict:
+    """The bundle's manifest, refused unless it is of ``family``; graph hashes checked if ``verify``."""
+    manifest = read_manifest(bundle)
+    if manifest["model"]["family"] != family:
+        raise BundleError(f"'{bundle}' is a {manifest['model']['family']} bundle, not {what} one")
+    if verify:
+        verify_hashes(bundle, manifest)
+    return manifest
 
 
 def loop_report(reference: str, weights: str, estimator, precision: str, resolution, rows: list[dict],

@@ -79,19 +79,13 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
     from pathlib import Path
 
     from depthrt.diffusion import load_diffusion
-    from depthrt.errors import BundleError
-    from depthrt.manifest import read_manifest, verify_hashes
     from depthrt.samples import synthetic_image
 
-    from .check_marigold import compare, loop_report
+    from .check_marigold import compare, loop_report, read_family_manifest
     from .lbm import load_unet, load_vae, read_checkpoint, resolve_lbm
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    if manifest["model"]["family"] != "lbm":
-        raise BundleError(f"'{bundle}' is a {manifest['model']['family']} bundle, not an LBM one")
-    if verify:
-        verify_hashes(bundle, manifest)
+    manifest = read_family_manifest(bundle, "lbm", "an LBM", verify)
     loop = manifest["loop"]
     ckpt = read_checkpoint(resolve_lbm(weights or manifest["source"]["id"])[0])
     unet, vae = load_unet(ckpt), load_vae(ckpt)

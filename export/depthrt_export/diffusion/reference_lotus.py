@@ -97,19 +97,13 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
     from pathlib import Path
 
     from depthrt.diffusion import load_diffusion
-    from depthrt.errors import BundleError
-    from depthrt.manifest import read_manifest, verify_hashes
     from depthrt.samples import synthetic_image
 
-    from .check_marigold import compare, loop_report
+    from .check_marigold import compare, loop_report, read_family_manifest
     from .lotus import load_lotus, processing_size
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    if manifest["model"]["family"] != "lotus":
-        raise BundleError(f"'{bundle}' is a {manifest['model']['family']} bundle, not a Lotus one")
-    if verify:
-        verify_hashes(bundle, manifest)
+    manifest = read_family_manifest(bundle, "lotus", "a Lotus", verify)
     loop = manifest["loop"]
     if parts is None:
         parts = load_lotus(weights or manifest["source"]["id"], loop["task"])
