@@ -22,7 +22,13 @@ camera is about (0, 0, 1)); to save as RGB use ``(n + 1) / 2``.
 Ensembling differs from diffusers for depth: diffusers fits each member's scale and shift with
 scipy's BFGS (2 iterations, pairwise RMS cost plus a unit-range regulariser); we fit them by
 alternating least squares against the running median (numpy only), then take the median and
-rescale it to [0, 1] as diffusers does. Normals ensembling is the same as diffusers' ("closest").
+rescale it to [0, 1] as diffusers does. Diffusers' fit cannot be reproduced exactly: BFGS takes
+its gradient by finite differences with an absolute step of 1.5e-8, and the parameters are cast
+to float32 before use, so about half the gradient's components are exactly zero and the rest are
+rounding noise (measured: parameters move by at most 1.2e-2 from their min-max start, ensembles
+of 2 to 10). On synthetic ensembles (a shared map under random scale/shift plus noise) the two
+results differ by centred rel-L2 1e-2 to 2e-1, and ours is as close to the true map or closer.
+Normals ensembling is the same as diffusers' ("closest").
 """
 
 from __future__ import annotations
