@@ -1,0 +1,143 @@
+"""TrtRunner's buffers, copies, CUDA-graph capture and replay, run against fake CUDA and TensorRT runtimes.
+
+The fakes (fake_cuda.py) keep cuda-python's and TensorRT 10's call signatures; "device" memory is host
+memory and the fake engine computes depth = 2 * mean over channels from whatever its input address
+holds, so wrong buffers, stale staging or a graph replaying the wrong addresses all give wrong numbers.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+from fake_cuda import PLAN_MAGIC, FakeCudart, FakeTensorRT
+from fakes import GPU_ENV, fake_builder, fake_bundle  # noqa: F401  (fake_bundle is a fixture)
+
+from depthrt.backends import trt as trt_backend
+from depthrt.errors import BackendError, BundleError, InputError
+from depthrt.manifest import read_manifest
+from depthrt_engines.build import build_bundle
+from depthrt_engines.config import BuildConfig
+
+PROFILES = {"pixel_values": {"min": [1, 3, 14, 14], "opt": [1, 3, 28, 28], "max": [4, 3, 70, 70]}}
+META = {"plan": {"profiles": PROFILES}}
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    state = {"cuda": FakeCudart()}
+    state["trt"] = FakeTensorRT(state["cuda"])
+    monkeypatch.setattr(trt_backend, "_cudart", lambda: state["cuda"])
+    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda target="trt": state["trt"])
+    monkeypatch.setattr(trt_backend, "query_gpu", lambda: (GPU_ENV.gpu_name, GPU_ENV.compute_capability))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(PLAN_MAGIC + b"engine")
+
+    def make(**options):
+        if options:
+            state["cuda"] = FakeCudart(refuse_capture=options.get("refuse_capture", False))
+            state["trt"] = FakeTensorRT(state["cuda"], fail_execute=options.get("fail_execute", False))
+        return trt_backend.TrtRunner(plan, META, "trt", "depthrt build B"), state["cuda"]
+
+    return make, plan
+
+
+def _input(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _expected(x):
+    return 2.0 * x.mean(axis=1)
+
+
+def test_first_run_plain_second_captures_then_replays(fake):
+    make, _ = fake
+    runner, cuda = make()
+    xs = [_input((1, 3, 28, 42), seed) for seed in range(4)]
+    outs = [runner.run({"pixel_values": x})["predicted_depth"] for x in xs]
+    for x, out in zip(xs, outs):  # each run saw its own input, and earlier outputs were copies
+        np.testing.assert_allclose(out, _expected(x), rtol=1e-5, atol=1e-6)
+    assert cuda.calls["cudaStreamBeginCapture"] == 1 and cuda.calls["cudaGraphInstantiate"] == 1
+    assert cuda.calls["cudaGraphLaunch"] == 3  # runs 2, 3 and 4 replay the graph
+    assert runner.context.calls["execute_async_v3"] == 2  # run 1 plainly, then once while capturing
+    assert cuda.calls["cudaMalloc"] == 2 and cuda.calls["cudaMallocHost"] == 2  # one input, one output
+
+
+def test_buffers_are_allocated_once_per_shape_and_shapes_switch(fake):
+    make, _ = fake
+    runner, cuda = make()
+    a, b = _input((1, 3, 28, 28), 0), _input((2, 3, 14, 56), 1)
+    for x in (a, b, a, b, a):
+        out = runner.run({"pixel_values": x})["predicted_depth"]
+        assert out.shape == (x.shape[0], x.shape[2], x.shape[3])
+        np.testing.assert_allclose(out, _expected(x), rtol=1e-5, atol=1e-6)
+    assert cuda.calls["cudaMalloc"] == 4  # two shapes, two tensors each
+    assert runner.context.calls["set_input_shape"] == 5  # TensorRT holds one shape: set on every switch
+
+
+def test_old_shapes_are_freed_beyond_the_limit(fake):
+    make, _ = fake
+    runner, cuda = make()
+    shapes = [(1, 3, 14, 14 * (k + 1)) for k in range(trt_backend._MAX_SHAPES + 1)]
+    for k, shape in enumerate(shapes):
+        runner.run({"pixel_values": _input(shape, k)})
+    assert cuda.calls["cudaFree"] == 2 and cuda.calls["cudaFreeHost"] == 2  # the oldest shape's buffers
+    x = _input(shapes[0], 9)  # the evicted shape comes back with fresh buffers
+    np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5, atol=1e-6)
+
+
+def test_capture_refused_runs_without_graphs(fake):
+    make, _ = fake
+    runner, cuda = make(refuse_capture=True)
+    for seed in range(3):
+        x = _input((1, 3, 28, 28), seed)
+        np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5,
+                                   atol=1e-6)
+    assert runner.use_graphs is False and cuda.calls["cudaGraphLaunch"] == 0
+    assert cuda.calls["cudaStreamBeginCapture"] == 1  # tried once, not on every run
+
+
+def test_engine_failure_is_a_backend_error(fake):
+    make, _ = fake
+    runner, _ = make(fail_execute=True)
+    with pytest.raises(BackendError, match="TensorRT failed to run the engine"):
+        runner.run({"pixel_values": _input((1, 3, 28, 28), 0)})
+
+
+def test_input_outside_the_profile_is_refused_before_any_allocation(fake):
+    make, _ = fake
+    runner, cuda = make()
+    with pytest.raises(InputError, match="1x3x28x84 is outside the engine's profile: it supports 1x3x14x14 to 4x3x70x70"):
+        runner.run({"pixel_values": _input((1, 3, 28, 84), 0)})
+    assert cuda.calls["cudaMalloc"] == 0
+
+
+def test_plan_tensorrt_cannot_load_names_the_rebuild(fake):
+    make, plan = fake
+    plan.write_bytes(b"something else")
+    with pytest.raises(BundleError, match="could not load .* rebuild it with `depthrt build B`"):
+        make()
+
+
+def test_runner_frees_everything_when_dropped(fake):
+    make, _ = fake
+    runner, cuda = make()
+    for seed in range(2):
+        runner.run({"pixel_values": _input((1, 3, 28, 28), seed)})
+    del runner
+    gc.collect()
+    assert not cuda.buffers
+    assert cuda.calls["cudaStreamDestroy"] == 1 and cuda.calls["cudaGraphExecDestroy"] == 1
+
+
+def test_open_runner_finds_the_built_engine_and_runs_it(fake, fake_bundle):
+    build_bundle(fake_bundle, BuildConfig(precision="fp16", sizes={"min": (266, 266), "opt": (518, 518),
+                                                                    "max": (1036, 1036)}),
+                 fake_builder, environment=GPU_ENV, progress=False, use_timing_cache=False)
+    graph = read_manifest(fake_bundle)["graphs"][0]
+    runner = trt_backend.open_runner(fake_bundle, graph, "trt", "fp16", None)
+    x = _input((1, 3, 266, 280), 0)
+    np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="outside the engine's profile"):
+        runner.run({"pixel_values": _input((1, 3, 140, 140), 0)})
