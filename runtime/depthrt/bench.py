@@ -77,6 +77,7 @@ class Entry:
     peak_mib: float | None = None
     load_s: float = 0.0
     error: str | None = None
+    engine_ms: list | None = None  # the engine alone on the GPU (TensorRT backends), CUDA-event timed
 
     def stats(self) -> dict:
         out = {"label": self.label, "backend": self.backend, "precision": self.precision, "load_s": self.load_s,
@@ -84,6 +85,8 @@ class Entry:
         if self.error is None:
             out["stages"] = {s: summarise(self.times[s]) for s in STAGES}
             out["fps"] = 1000.0 / out["stages"]["end_to_end"]["median_ms"]
+            if self.engine_ms:
+                out["engine"] = summarise(self.engine_ms)
         return out
 
 
@@ -92,11 +95,20 @@ class _BundleFrame:
 
     def __init__(self, estimator):
         self.est = estimator
+        self.last_input: np.ndarray | None = None
+
+    def engine_times(self, repeats: int) -> list[float] | None:
+        """The engine alone on the last frame's input, where the backend can time it (TensorRT)."""
+        runner = getattr(self.est, "runner", None)
+        if self.last_input is None or not hasattr(runner, "engine_time_ms") or len(runner.inputs) != 1:
+            return None
+        return runner.engine_time_ms({runner.inputs[0]: self.last_input}, repeats=repeats)
 
     def __call__(self, image: np.ndarray):
         est = self.est
         t0 = time.perf_counter()
         tensor, meta = est.preprocess(image)
+        self.last_input = tensor[None]
         t1 = time.perf_counter()
         out = {name: value[0] for name, value in est.infer(tensor[None]).items()}
         t2 = time.perf_counter()
@@ -287,6 +299,10 @@ def run_bench(bundle: str | os.PathLike, backends: list[str] | None = None, prec
             for stage, s in seconds.items():
                 entry.times[stage].append(s * 1000.0)
             entry.depth = depth
+    for entry in live:
+        timer = getattr(entry.frame, "engine_times", None)
+        if timer is not None:
+            entry.engine_ms = timer(max(runs, 10))
 
     truth = next((e for e in live if e.backend == "pytorch" and e.precision == "fp32"), None) or \
         next((e for e in live if e.precision == "fp32"), None)
@@ -342,6 +358,11 @@ def format_table(report: dict) -> str:
         lines.append(f"{row['label']:<22} {st['preprocess']['median_ms']:>7.1f} {st['inference']['median_ms']:>8.1f} "
                      f"{st['postprocess']['median_ms']:>7.1f} {st['end_to_end']['median_ms']:>8.1f} "
                      f"{st['end_to_end']['p90_ms']:>8.1f} {row['fps']:>7.2f} {speed:>8} {acc:>9} {peak:>8}")
+    for row in report["entries"]:
+        if row.get("engine"):
+            e = row["engine"]
+            lines.append(f"{row['label']}: engine alone {e['median_ms']:.3f} ms median, {e['p90_ms']:.3f} ms p90 "
+                         "(GPU time between CUDA events, no copies: trtexec's GPU Compute Time)")
     ref = next((r for r in report["entries"] if "speedup_vs" in r), None)
     if ref:
         lines.append(f"speed-up: end-to-end median of {ref['speedup_vs']} / the entry's; rel-L2: centred relative L2 "

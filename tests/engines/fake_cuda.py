@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import time
 from collections import Counter
 
 import numpy as np
@@ -130,6 +131,26 @@ class FakeCudart:
         assert graph_exec[0] == "exec"
         for op in graph_exec[1]:
             op()
+        return (_Err.cudaSuccess,)
+
+    # events: stamped with the host clock when the stream reaches them
+    def cudaEventCreate(self):
+        self.calls["cudaEventCreate"] += 1
+        return _Err.cudaSuccess, {"t": None}
+
+    def cudaEventRecord(self, event, stream):
+        self.submit(int(stream), lambda: event.__setitem__("t", time.perf_counter()))
+        return (_Err.cudaSuccess,)
+
+    def cudaEventSynchronize(self, event):
+        assert event["t"] is not None, "synchronize on an event never reached"
+        return (_Err.cudaSuccess,)
+
+    def cudaEventElapsedTime(self, start, stop):
+        return _Err.cudaSuccess, (stop["t"] - start["t"]) * 1000.0
+
+    def cudaEventDestroy(self, event):
+        self.calls["cudaEventDestroy"] += 1
         return (_Err.cudaSuccess,)
 
     def cudaGetErrorString(self, err):

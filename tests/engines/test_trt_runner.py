@@ -141,3 +141,46 @@ def test_open_runner_finds_the_built_engine_and_runs_it(fake, fake_bundle):
     np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="outside the engine's profile"):
         runner.run({"pixel_values": _input((1, 3, 140, 140), 0)})
+
+
+def test_engine_time_runs_the_engine_alone_between_events(fake):
+    make, _ = fake
+    runner, cuda = make()
+    x = _input((1, 3, 28, 28), 3)
+    times = runner.engine_time_ms({"pixel_values": x}, repeats=5)
+    assert len(times) == 5 and all(t >= 0.0 for t in times)
+    assert runner.context.calls["execute_async_v3"] == 5
+    assert cuda.calls["cudaMemcpyAsync"] == 1  # the input, once; no output copies
+    assert cuda.calls["cudaEventCreate"] == 2 and cuda.calls["cudaEventDestroy"] == 2
+    # the engine really ran on the staged input: a later run of the same shape still gives right numbers
+    np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="outside the engine's profile"):
+        runner.engine_time_ms({"pixel_values": _input((1, 3, 7, 7), 0)})
+
+
+def test_engine_time_frees_its_events_when_the_engine_fails(fake):
+    make, _ = fake
+    runner, cuda = make(fail_execute=True)
+    with pytest.raises(BackendError, match="TensorRT failed to run the engine"):
+        runner.engine_time_ms({"pixel_values": _input((1, 3, 28, 28), 0)})
+    assert cuda.calls["cudaEventDestroy"] == 2
+
+
+def test_bench_reports_the_engine_alone_for_trt(fake, tiny_bundle, tmp_path):
+    import shutil
+
+    from depthrt.bench import format_table, run_bench
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle("depth-anything-v2-small")[0], bundle)
+    build_bundle(bundle, BuildConfig(precision="fp16", sizes={"min": (266, 266), "opt": (518, 518),
+                                                               "max": (1036, 1036)}),
+                 fake_builder, environment=GPU_ENV, progress=False, use_timing_cache=False)
+    report = run_bench(bundle, backends=["trt", "ort-cpu"], precisions=["fp16", "fp32"], size=(48, 64), runs=3,
+                       warmup=1, references=())
+    rows = {r["label"]: r for r in report["entries"]}
+    trt = rows["trt fp16"]
+    assert trt["error"] is None and trt["engine"]["runs"] == 10  # at least 10 engine runs, whatever --runs
+    assert trt["engine"]["median_ms"] > 0.0
+    assert "engine" not in rows["ort-cpu fp32"]  # only backends that can time their engine report it
+    assert "trt fp16: engine alone" in format_table(report)

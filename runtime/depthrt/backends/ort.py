@@ -153,6 +153,9 @@ class OrtCudaRunner:
     same shape: copy them (``.copy()`` in CuPy or torch) if you keep them across runs.
     """
 
+    DEVICE = "cuda"  # ONNX Runtime's name for where inputs and outputs are bound
+    PROVIDER = "CUDAExecutionProvider"
+
     def __init__(self, path: Path, device_id: int = 0, threads: int | None = None, cuda_graph: bool | None = None):
         ort = _ort()
         if ort is None:
@@ -185,12 +188,13 @@ class OrtCudaRunner:
         self._graphs: dict[tuple, tuple] = {}  # shapes -> (graph id, static inputs, binding)
         self._held: list = []
 
+    def _providers(self, cuda_graph: bool) -> list:
+        return [(self.PROVIDER, cuda_provider_options(self.device_id, cuda_graph)), "CPUExecutionProvider"]
+
     def _session(self, path: Path, threads: int | None, cuda_graph: bool):
         ort = self.ort
-        providers = [("CUDAExecutionProvider", cuda_provider_options(self.device_id, cuda_graph)),
-                     "CPUExecutionProvider"]
-        session = _open_session(ort, path, session_options(ort, threads, cuda=True), providers)
-        if "CUDAExecutionProvider" not in session.get_providers():
+        session = _open_session(ort, path, session_options(ort, threads, cuda=True), self._providers(cuda_graph))
+        if self.PROVIDER not in session.get_providers():
             raise BackendError("backend ort-cuda: ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
                                "libraries missing or no GPU); install 'depthrt[gpu]' with the nvidia-* CUDA 13 "
                                "wheels, or use --backend ort-cpu or openvino")
@@ -236,7 +240,7 @@ class OrtCudaRunner:
         if dtype != self._input_types[name]:
             raise BackendError(f"ort-cuda: input {name} is {dtype} on the device; the graph takes "
                                f"{np.dtype(self._input_types[name])}: convert it first")
-        binding.bind_input(name, "cuda", self.device_id, dtype, list(shape), ptr)
+        binding.bind_input(name, self.DEVICE, self.device_id, dtype, list(shape), ptr)
 
     def _run_bound(self, feeds: dict, options=None) -> dict:
         self._held = []
@@ -244,7 +248,7 @@ class OrtCudaRunner:
         for name in self.input_names:
             self._bind_input(binding, name, feeds[name])
         for name in self.output_names:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, self.DEVICE, self.device_id)
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding, options)
         binding.synchronize_outputs()
@@ -260,14 +264,14 @@ class OrtCudaRunner:
                 log.info("ort-cuda: %d CUDA graphs captured; shape %s runs without one", MAX_CUDA_GRAPHS, shapes)
                 return self._run_bound_uncaptured(feeds)
             graph_id = len(self._graphs) + 1  # 0 is ORT's default graph; keep ids distinct per shape
-            static_in = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(s), self._input_types[n], "cuda",
+            static_in = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(s), self._input_types[n], self.DEVICE,
                                                                         self.device_id)
                          for n, s in zip(self.input_names, shapes)}
             binding = self.session.io_binding()
             for n, v in static_in.items():
                 binding.bind_ortvalue_input(n, v)
             for n in self.output_names:
-                binding.bind_output(n, "cuda", self.device_id)
+                binding.bind_output(n, self.DEVICE, self.device_id)
             entry = (graph_id, static_in, binding)
             self._graphs[shapes] = entry
         graph_id, static_in, binding = entry
