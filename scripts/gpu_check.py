@@ -7,7 +7,8 @@ ONNX graph and its fp16-with-fp32-islands variant, then times (medians, p90) and
 * PyTorch fp16 eager (and fp32 eager, the accuracy reference) on the same input;
 * depthrt's ort-cuda runner on the fp16 graph, with the input and output on the device
   (``__cuda_array_interface__``, no host copies), CUDA graphs where ORT allows them;
-* TensorRT when it is importable (reported as skipped otherwise).
+* TensorRT when it is installed: an fp16 engine built for the Depth Anything bundles at the input's
+  size, timed through the runner and alone (CUDA events); reported as skipped otherwise.
 
 It checks parity (centred rel-L2 against PyTorch fp32) and that no output holds NaN or inf, prints
 a short table last and writes every figure to JSON. On the GPU test machine (see
@@ -150,7 +151,10 @@ def prepare(name: str, work: Path, tiny: bool) -> dict:
         call = lambda m, feeds: m(feeds["sample"], feeds["timestep"], feeds["text"])  # noqa: E731
     fp16 = fp32.with_name(fp32.stem + ".fp16.onnx")
     islands = convert(fp32, fp16)
-    return {"model": model, "inputs": inputs, "call": call, "fp32": fp32, "fp16": fp16, "islands": islands}
+    prep = {"model": model, "inputs": inputs, "call": call, "fp32": fp32, "fp16": fp16, "islands": islands}
+    if name.startswith("da-v2"):
+        prep["bundle"] = out
+    return prep
 
 
 # --------------------------------------------------------------------------- timing
@@ -214,7 +218,7 @@ def check_model(name: str, prep: dict, device: str, runs: int, warmup: int) -> d
     rows[label]["rel_l2"] = _rel_l2(host, ref)
     rows[label]["nonfinite"] = int(np.count_nonzero(~np.isfinite(host)))
     rows[label]["device_output"] = type(value).__name__
-    rows["tensorrt"] = _tensorrt_note()
+    rows.update(_tensorrt_rows(prep, device, runs, warmup, ref))
     base = rows.get("pytorch fp16 eager") or rows["pytorch fp32 eager"]
     ours = rows[label]
     speedup = base["median_ms"] / ours["median_ms"]
@@ -223,12 +227,32 @@ def check_model(name: str, prep: dict, device: str, runs: int, warmup: int) -> d
             "parity_ok": ours["rel_l2"] <= PARITY and ours["nonfinite"] == 0}
 
 
-def _tensorrt_note() -> dict:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return {"skipped": "tensorrt is not importable here"}
-    return {"skipped": "tensorrt importable: time it with `depthrt build` + `depthrt bench --backend trt`"}
+def _tensorrt_rows(prep: dict, device: str, runs: int, warmup: int, ref: np.ndarray) -> dict:
+    """Build an fp16 engine for the Depth Anything bundle at the input's size and time it: through the
+    runner (host input, host output, copies included) and the engine alone (CUDA events)."""
+    from depthrt.backends import trt as trt_backend
+
+    if trt_backend.load_tensorrt("trt") is None:
+        return {"tensorrt": {"skipped": "TensorRT 10 is not installed here"}}
+    if device != "cuda" or "bundle" not in prep:
+        return {"tensorrt": {"skipped": "TensorRT is timed on the GPU, for the Depth Anything bundles"}}
+    from depthrt.manifest import read_manifest
+    from depthrt_engines.build import build_bundle
+    from depthrt_engines.config import BuildConfig
+
+    x = prep["inputs"]["pixel_values"].cpu().numpy()
+    size = (int(x.shape[2]), int(x.shape[3]))
+    build_bundle(prep["bundle"], BuildConfig(precision="fp16", sizes={"min": size, "opt": size, "max": size}),
+                 progress=False)
+    graph = next(g for g in read_manifest(prep["bundle"])["graphs"] if g.get("precision", "fp32") == "fp32")
+    runner = trt_backend.open_runner(prep["bundle"], graph, "trt", "fp16", None)
+    row, out = _time(lambda: runner.run({"pixel_values": x}), runs, warmup, lambda: None)
+    host = out["predicted_depth"]
+    row["rel_l2"] = _rel_l2(host, ref)
+    row["nonfinite"] = int(np.count_nonzero(~np.isfinite(host)))
+    engine = _stats(runner.engine_time_ms({"pixel_values": x}, repeats=runs))
+    return {"trt fp16 (host in/out)": row,
+            "trt fp16 engine alone": {**engine, "rel_l2": row["rel_l2"], "nonfinite": row["nonfinite"]}}
 
 
 def format_table(results: list[dict]) -> str:

@@ -66,3 +66,20 @@ def test_cpu_bound_unknown_graph_is_a_clean_error(tiny_bundle):
                             check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert "no graph 'unet'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gpu_check_runs_on_the_cpu_with_tiny_models(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cpu",
+                             "--models", "da-v2-small,sd2-unet", "--runs", "2", "--warmup", "1",
+                             "--work", str(tmp_path / "work"), "--out", str(out)],
+                            check=False, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["model"] for r in report["results"]] == ["da-v2-small", "sd2-unet"]
+    for res in report["results"]:
+        row = res["rows"]["ort-cpu fp16 graph"]
+        assert res["parity_ok"] and row["rel_l2"] <= 2e-2 and row["nonfinite"] == 0
+        assert res["islands"]  # the fp16 graph kept fp32 islands
+    assert result.stdout.count("parity ok") == 2

@@ -184,3 +184,34 @@ def test_bench_reports_the_engine_alone_for_trt(fake, tiny_bundle, tmp_path):
     assert trt["engine"]["median_ms"] > 0.0
     assert "engine" not in rows["ort-cpu fp32"]  # only backends that can time their engine report it
     assert "trt fp16: engine alone" in format_table(report)
+
+
+def test_gpu_check_times_tensorrt_through_the_runner_and_alone(fake, tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+    import sys
+
+    import torch
+
+    import depthrt_engines.build as build_module
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    sys.modules.pop("gpu_check", None)
+    import gpu_check
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle("depth-anything-v2-small")[0], bundle)
+    real_build = build_module.build_bundle
+
+    def build_with_fakes(path, config, builder=None, **options):
+        assert config.precision == "fp16" and config.sizes["min"] == config.sizes["max"] == (182, 182)
+        return real_build(path, config, fake_builder, environment=GPU_ENV, progress=False, use_timing_cache=False)
+
+    monkeypatch.setattr(build_module, "build_bundle", build_with_fakes)
+    x = torch.randn(1, 3, 182, 182)
+    rows = gpu_check._tensorrt_rows({"bundle": bundle, "inputs": {"pixel_values": x}}, "cuda", 3, 1,
+                                    ref=_expected(x.numpy()))
+    through, alone = rows["trt fp16 (host in/out)"], rows["trt fp16 engine alone"]
+    assert through["rel_l2"] < 1e-5 and through["nonfinite"] == 0  # the engine ran on the check's own input
+    assert through["runs"] == 3 and alone["runs"] == 3 and alone["median_ms"] > 0
+    assert "skipped" in gpu_check._tensorrt_rows({"inputs": {}}, "cpu", 3, 1, ref=None)["tensorrt"]
