@@ -33,6 +33,7 @@ class FakeCudart:
     class cudaMemcpyKind(enum.IntEnum):
         cudaMemcpyHostToDevice = 1
         cudaMemcpyDeviceToHost = 2
+        cudaMemcpyDeviceToDevice = 3
 
     class cudaStreamCaptureMode(enum.IntEnum):
         cudaStreamCaptureModeThreadLocal = 1
@@ -79,8 +80,14 @@ class FakeCudart:
 
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
         self.calls["cudaMemcpyAsync"] += 1
-        assert kind in (self.cudaMemcpyKind.cudaMemcpyHostToDevice, self.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        self.calls[self.cudaMemcpyKind(kind).name] += 1
         self.submit(int(stream), lambda: ctypes.memmove(int(dst), int(src), int(nbytes)))
+        return (_Err.cudaSuccess,)
+
+    def cudaMemcpy(self, dst, src, nbytes, kind):
+        self.calls["cudaMemcpy"] += 1
+        self.calls[self.cudaMemcpyKind(kind).name] += 1
+        ctypes.memmove(int(dst), int(src), int(nbytes))
         return (_Err.cudaSuccess,)
 
     # streams, graphs

@@ -215,3 +215,40 @@ def test_gpu_check_times_tensorrt_through_the_runner_and_alone(fake, tiny_bundle
     assert through["rel_l2"] < 1e-5 and through["nonfinite"] == 0  # the engine ran on the check's own input
     assert through["runs"] == 3 and alone["runs"] == 3 and alone["median_ms"] > 0
     assert "skipped" in gpu_check._tensorrt_rows({"inputs": {}}, "cpu", 3, 1, ref=None)["tensorrt"]
+
+
+class HostCudaArray:
+    """Memory the fake CUDA treats as device memory, presented as CuPy or torch would (no copy)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape = array, array.shape
+        self.__cuda_array_interface__ = {"shape": array.shape, "typestr": array.dtype.str, "version": 3,
+                                         "data": (array.ctypes.data, False), "strides": None}
+
+
+def test_device_arrays_in_device_arrays_out(fake):
+    import ctypes
+
+    from depthrt.backends import DeviceArray
+
+    make, _ = fake
+    runner, cuda = make()
+    x = _input((1, 3, 28, 42), 5)
+    out = runner.run({"pixel_values": HostCudaArray(x)})["predicted_depth"]
+    assert isinstance(out, DeviceArray) and out.shape == (1, 28, 42) and out.dtype == np.float32
+    ptr = out.__cuda_array_interface__["data"][0]
+    in_place = np.ctypeslib.as_array((ctypes.c_float * (28 * 42)).from_address(ptr)).reshape(1, 28, 42)
+    np.testing.assert_allclose(in_place, _expected(x), rtol=1e-5, atol=1e-6)  # the engine's buffer, no copy
+    np.testing.assert_array_equal(out.numpy(), in_place)
+    assert cuda.calls["cudaMemcpyDeviceToDevice"] == 1 and cuda.calls["cudaMemcpyHostToDevice"] == 0
+    assert cuda.calls["cudaMemcpyDeviceToHost"] == 1  # only numpy() copied to the host
+    # host arrays still come back as host arrays from the same runner
+    y = _input((1, 3, 28, 42), 6)
+    np.testing.assert_allclose(runner.run({"pixel_values": y})["predicted_depth"], _expected(y), rtol=1e-5, atol=1e-6)
+
+
+def test_device_array_of_another_dtype_is_refused(fake):
+    make, _ = fake
+    runner, _ = make()
+    with pytest.raises(BackendError, match="is float16 on the device; the engine takes float32: convert it first"):
+        runner.run({"pixel_values": HostCudaArray(_input((1, 3, 28, 28), 0).astype(np.float16))})

@@ -6,7 +6,8 @@ metadata is checked before TensorRT sees the plan: another GPU or TensorRT versi
 graph, or a truncated or replaced plan each fail with a message naming the `depthrt build` command
 to run. The runner binds tensors by name, runs ``execute_async_v3`` on its own CUDA stream with
 device buffers allocated once per input shape, stages through pinned host memory, and replays a
-captured CUDA graph when a shape repeats.
+captured CUDA graph when a shape repeats. Device arrays (``__cuda_array_interface__``) go in by one
+device-to-device copy and come back as :class:`~depthrt.backends.DeviceArray` (no host copies).
 
 Nothing here imports tensorrt or cuda-python at import time: ``import depthrt`` stays lean.
 """
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BackendError, BundleError, InputError
+from . import device_pointer
 
 log = logging.getLogger("depthrt")
 
@@ -251,6 +253,19 @@ class _ShapeState:
         self.device, self.host, self._pinned = {}, {}, []
 
 
+class _DeviceOutput:
+    """Keeps an output's buffers alive behind a DeviceArray and copies it to the host on request."""
+
+    def __init__(self, runner: "TrtRunner", state: _ShapeState, name: str):
+        self.runner, self.state, self.name = runner, state, name
+
+    def numpy(self) -> np.ndarray:
+        host, rt = self.state.host[self.name], self.runner.cuda.rt
+        self.runner.cuda("cudaMemcpy", host.ctypes.data, self.state.device[self.name], host.nbytes,
+                         rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        return host.copy()
+
+
 class TrtRunner:
     """One TensorRT plan, run by tensor name on an explicit stream."""
 
@@ -325,8 +340,13 @@ class TrtRunner:
             log.info("%s: CUDA graph capture failed (%s); running without graphs", self.name, exc)
             self.use_graphs = False
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Host arrays in, host arrays out; device arrays (``__cuda_array_interface__``: CuPy, PyTorch)
+        in, :class:`~depthrt.backends.DeviceArray` out: the engine's own output buffer, valid until
+        this runner's next run (copy it to keep it)."""
         check_shapes(self.profiles, feeds)
+        if any(device_pointer(feeds[name]) is not None for name in self.inputs):
+            return self._run_on_device(feeds)
         state = self._state_for(feeds)
         for name in self.inputs:
             np.copyto(state.host[name], feeds[name], casting="same_kind")
@@ -339,6 +359,31 @@ class TrtRunner:
         self.cuda("cudaStreamSynchronize", self.stream)
         state.runs += 1
         return {name: state.host[name].copy() for name in self.outputs}
+
+    def _run_on_device(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Device inputs: copied device to device into the engine's buffers; outputs left on the device."""
+        from . import DeviceArray
+
+        pointers = {}
+        for name in self.inputs:
+            ptr = device_pointer(feeds[name])
+            if ptr is None:
+                raise BackendError(f"{self.name}: pass all inputs on the device or all on the host ('{name}' is a "
+                                   "host array)")
+            dtype = np.dtype(feeds[name].__cuda_array_interface__["typestr"])
+            if dtype != self.dtypes[name]:
+                raise BackendError(f"{self.name}: input {name} is {dtype} on the device; the engine takes "
+                                   f"{self.dtypes[name]}: convert it first")
+            pointers[name] = ptr
+        state = self._state_for(feeds)
+        d2d = self.cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        for name, ptr in pointers.items():
+            self.cuda("cudaMemcpyAsync", state.device[name], ptr, state.host[name].nbytes, d2d, self.stream)
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise BackendError(f"{self.name}: TensorRT failed to run the engine (see the TensorRT log above)")
+        self.cuda("cudaStreamSynchronize", self.stream)
+        return {name: DeviceArray(int(state.device[name]), state.host[name].shape, self.dtypes[name],
+                                  keep=_DeviceOutput(self, state, name)) for name in self.outputs}
 
     def engine_time_ms(self, feeds: dict[str, np.ndarray], repeats: int = 10) -> list[float]:
         """GPU time of the engine alone, in ms per run: what ``trtexec`` reports as "GPU Compute Time".
