@@ -1,7 +1,7 @@
 """How fast can this CPU run a bundle's graph at best? Counts the graph's multiply-accumulate work at
 the size an image is processed at, measures this machine's matrix-multiply peak (OpenVINO, fp32 and
-bf16, the best of square MatMuls of 1024, 2048 and 3072 on the same threads), and prints the lower bound on inference time
-that follows, with the most any backend could gain over a reference time.
+bf16, the best of square MatMuls of 1024, 2048 and 3072 on the same threads), and prints the lower
+bound on inference time that follows, with the most any backend could gain over a reference time.
 
     python scripts/cpu_bound.py BUNDLE [--image 640x480] [--graph model] [--threads N]
                                 [--reference-ms 1335.8] [--json FILE]

@@ -48,7 +48,8 @@ def test_cpu_bound_reports_work_peaks_and_bound(tiny_bundle, tmp_path):
     bundle = tiny_bundle("depth-anything-v2-small")[0]
     out = tmp_path / "bound.json"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "cpu_bound.py"), str(bundle), "--image", "64x48",
-                             "--reference-ms", "1000", "--json", str(out)], check=False, capture_output=True, text=True, timeout=600)
+                             "--reference-ms", "1000", "--json", str(out)],
+                            check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["model_size"] == [392, 518]  # upscaling keeps the scale closer to 1: 518/64

@@ -108,7 +108,8 @@ def test_engine_failure_is_a_backend_error(fake):
 def test_input_outside_the_profile_is_refused_before_any_allocation(fake):
     make, _ = fake
     runner, cuda = make()
-    with pytest.raises(InputError, match="1x3x28x84 is outside the engine's profile: it supports 1x3x14x14 to 4x3x70x70"):
+    with pytest.raises(InputError, match="1x3x28x84 is outside the engine's profile: it supports 1x3x14x14 to "
+                                         "4x3x70x70"):
         runner.run({"pixel_values": _input((1, 3, 28, 84), 0)})
     assert cuda.calls["cudaMalloc"] == 0
 
