@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_cache(tmp_path_factory):
+    """OpenVINO's compiled-model cache in a session folder (inherited by the CLI subprocesses), not ~/.cache."""
+    os.environ["DEPTHRT_OPENVINO_CACHE"] = str(tmp_path_factory.mktemp("openvino-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """tiny_checkpoint(variant) -> folder with config.json, preprocessor_config.json, model.safetensors."""

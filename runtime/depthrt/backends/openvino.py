@@ -7,6 +7,13 @@ reduced precision is always the user's choice.
 
 Models are compiled once per input shape (static shapes run faster than OpenVINO's dynamic
 kernels, and a video or a benchmark repeats one shape); the few most recent shapes are kept.
+Compiling takes seconds (about 10 s for a Depth Anything V2 Small on two cores), so compiled
+models are also kept on disk, in OpenVINO's model cache: the next process that runs the same graph
+at the same shape and precision loads it in a fraction of a second. The cache lives in
+``$XDG_CACHE_HOME/depthrt/openvino`` (``~/.cache/...``), or where ``DEPTHRT_OPENVINO_CACHE`` says
+(``off`` turns it off); the oldest files go once it holds more than ``DEPTHRT_OPENVINO_CACHE_MB``
+(default 4096). OpenVINO keys each entry by the graph (weights included), the shape and the
+settings, and recompiles over a damaged entry.
 """
 
 from __future__ import annotations
@@ -24,6 +31,58 @@ log = logging.getLogger("depthrt")
 
 _HINTS = {"fp32": "f32", "bf16": "bf16"}
 MAX_COMPILED_SHAPES = 4  # each compiled shape holds its own weights copy in bf16 runs
+CACHE_ENV, CACHE_LIMIT_ENV = "DEPTHRT_OPENVINO_CACHE", "DEPTHRT_OPENVINO_CACHE_MB"
+DEFAULT_CACHE_MB = 4096  # a compiled DA-V2 Small is ~100 MB per shape; Large ~1.3 GB
+
+
+def cache_dir() -> Path | None:
+    """Where compiled models are cached (created if needed), or None when off or not writable."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None and value.strip().lower() in ("", "0", "off", "no", "none"):
+        return None
+    if value:
+        path = Path(value).expanduser()
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "depthrt" / "openvino"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.info("openvino: no model cache (%s: %s)", path, exc)
+        return None
+    if not os.access(path, os.W_OK | os.X_OK):
+        log.info("openvino: no model cache (%s is not writable)", path)
+        return None
+    return path
+
+
+def prune_cache(path: Path, limit_mb: float | None = None) -> list[Path]:
+    """Delete the oldest cache files until the folder holds at most ``limit_mb`` (the newest file always
+    stays); returns what was deleted. Files in use by another process stay readable until closed."""
+    if limit_mb is None:
+        try:
+            limit_mb = float(os.environ.get(CACHE_LIMIT_ENV, DEFAULT_CACHE_MB))
+        except ValueError:
+            limit_mb = DEFAULT_CACHE_MB
+    files = []
+    for f in path.iterdir():
+        try:
+            if f.is_file():
+                st = f.stat()
+                files.append((st.st_mtime, st.st_size, f))
+        except OSError:  # removed meanwhile by another process
+            continue
+    files.sort()
+    total, removed = sum(size for _, size, _ in files), []
+    for _, size, f in files[:-1]:
+        if total <= limit_mb * 2**20:
+            break
+        try:
+            f.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(f)
+    return removed
 
 
 def _openvino():
@@ -91,6 +150,9 @@ class OpenVinoRunner:
         self.input_names = [i.get_any_name() for i in self.model.inputs]
         self.output_names = [o.get_any_name() for o in self.model.outputs]
         self._compiled: OrderedDict[tuple, object] = OrderedDict()
+        self.cache = cache_dir()
+        if self.cache is not None:
+            self.config["CACHE_DIR"] = str(self.cache)
 
     def _request(self, shapes: tuple):
         request = self._compiled.get(shapes)
@@ -100,7 +162,18 @@ class OpenVinoRunner:
         model = self.model.clone()
         model.reshape({name: list(shape) for name, shape in zip(self.input_names, shapes)})
         log.info("openvino: compiling for input shape %s (%s)", shapes, self.precision)
-        compiled = self.core.compile_model(model, "CPU", self.config)
+        try:
+            compiled = self.core.compile_model(model, "CPU", self.config)
+        except Exception as exc:
+            if self.cache is None:
+                raise
+            # a cache that cannot be written (disk full, removed) must not stop inference
+            log.info("openvino: compiling without the model cache (%s)", str(exc).strip().splitlines()[:1])
+            self.cache = None
+            self.config.pop("CACHE_DIR", None)
+            compiled = self.core.compile_model(model, "CPU", self.config)
+        if self.cache is not None:
+            prune_cache(self.cache)
         request = compiled.create_infer_request()
         self._compiled[shapes] = request
         while len(self._compiled) > MAX_COMPILED_SHAPES:
