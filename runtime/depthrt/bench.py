@@ -265,6 +265,9 @@ def run_bench(bundle: str | os.PathLike, backends: list[str] | None = None, prec
     manifest = read_manifest(bundle)
     if runs < 1:
         raise InputError("--runs must be at least 1")
+    # At least two warm-up frames: OpenVINO in fp32 runs a shape's first frame on its any-shape model
+    # and compiles the faster per-shape one on the second; the timed frames must see the steady state.
+    warmup = max(2, warmup)
     bad = [r for r in references if r not in REFERENCES]
     if bad:
         raise InputError(f"unknown reference {bad[0]!r}: choose from {', '.join(REFERENCES)} (or none)")

@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="640x480", help="synthetic image WIDTHxHEIGHT (default 640x480)")
     p.add_argument("--image", help="time on this image instead of a synthetic one")
     p.add_argument("--runs", type=int, default=10, help="timed frames per entry (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed frames per entry first (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed frames per entry first (default and least 2)")
     p.add_argument("--reference", default="eager,compile",
                    help="PyTorch references: eager, compile, both comma-separated, or none (default eager,compile)")
     p.add_argument("--reference-precision", default="fp32", choices=PRECISIONS)

@@ -131,16 +131,33 @@ def test_openvino_refuses_fp16_naming_bf16(bundle):
 
 
 @needs_openvino
-def test_openvino_compiles_once_per_shape_and_keeps_few(bundle):
+def test_openvino_fp32_runs_new_shapes_dynamic_then_compiles_repeats_and_keeps_few(bundle):
     from depthrt.backends.openvino import MAX_COMPILED_SHAPES
 
     est = depthrt.load(bundle, backend="openvino")
-    est.predict(_image())
+    first = est.predict(_image()).depth  # a new shape: the any-shape model, no per-shape compile
+    assert len(est.runner._compiled) == 0 and est.runner._dynamic is not None
+    second = est.predict(_image()).depth  # it came again: now its own static model
+    assert len(est.runner._compiled) == 1
+    np.testing.assert_allclose(second, first, rtol=1e-4, atol=1e-5 * np.abs(first).max())
     est.predict(_image())
     assert len(est.runner._compiled) == 1
     for i in range(MAX_COMPILED_SHAPES + 1):
-        est.predict(synthetic_image(200 + 14 * i, 300, seed=i))
+        for _ in range(2):
+            est.predict(synthetic_image(200 + 14 * i, 300, seed=i))
     assert len(est.runner._compiled) == MAX_COMPILED_SHAPES
+
+
+@needs_openvino
+def test_openvino_bf16_compiles_per_shape_from_the_first_run(bundle):
+    from depthrt.backends.openvino import OpenVinoRunner, supports_bf16
+
+    runner = OpenVinoRunner(bundle / "model.onnx", precision="fp32")
+    if not supports_bf16(runner.core):
+        pytest.skip("this CPU has neither AVX512-BF16 nor AMX")
+    est = depthrt.load(bundle, backend="openvino", precision="bf16")
+    est.predict(_image())
+    assert len(est.runner._compiled) == 1 and est.runner._dynamic is None
 
 
 @needs_openvino
