@@ -308,3 +308,15 @@ def test_video_package_does_not_import_opencv_until_used():
     code = "import depthrt, depthrt.video, sys; print('cv2' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_warm_up_leaves_the_fast_path_ready(bundle):
+    pytest.importorskip("openvino")
+    import depthrt
+    from depthrt.video.stages import FrameModel
+
+    model = FrameModel(depthrt.load(bundle, backend="openvino"))
+    model.warm_up(120, 160)
+    h, w = model.model_size(120, 160)
+    # OpenVINO fp32 compiles a shape's own model on its second run: the stream's frames start on it
+    assert ((1, 3, h, w),) in model.est.runner._compiled

@@ -81,6 +81,9 @@ class FrameModel:
         return cv2().resize(out, (int(w), int(h)), interpolation=cv2().INTER_CUBIC)
 
     def warm_up(self, height: int, width: int) -> None:
-        """One run at the frames' size, so the first frame's latency is not the session's set-up."""
+        """Two runs at the frames' size, so the first frames' latency is not the session's set-up:
+        backends prepare their fast path on a shape's second run (OpenVINO fp32 compiles the
+        per-shape model, TensorRT captures its CUDA graph)."""
         tensor, _ = self.preprocess(np.zeros((height, width, 3), np.uint8))
-        self.infer(tensor[None])
+        for _ in range(2):
+            self.infer(tensor[None])
