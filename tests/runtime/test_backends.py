@@ -138,7 +138,7 @@ def test_openvino_fp32_runs_new_shapes_dynamic_then_compiles_repeats_and_keeps_f
     first = est.predict(_image()).depth  # a new shape: the any-shape model, no per-shape compile
     assert len(est.runner._compiled) == 0 and est.runner._dynamic is not None
     second = est.predict(_image()).depth  # it came again: now its own static model
-    assert len(est.runner._compiled) == 1
+    assert len(est.runner._compiled) == 1 and est.runner._dynamic is None  # and the any-shape one let go
     np.testing.assert_allclose(second, first, rtol=1e-4, atol=1e-5 * np.abs(first).max())
     est.predict(_image())
     assert len(est.runner._compiled) == 1

@@ -224,6 +224,7 @@ class OpenVinoRunner:
         model.reshape({name: list(shape) for name, shape in zip(self.input_names, shapes)})
         log.info("openvino: compiling for input shape %s (%s)", shapes, self.precision)
         request = self._compile(model)
+        self._dynamic = None  # its own weights copy: give it back (recompiling it is cheap, and cached)
         marker = self._marker(shapes)
         if marker is not None:
             try:
