@@ -146,3 +146,18 @@ def test_prune_drops_markers_older_than_every_remaining_entry(tmp_path):
     removed = ov_backend.prune_cache(tmp_path, limit_mb=2)
     assert sorted(p.name for p in removed) == sorted(["a.blob", ov_backend.MARKER_PREFIX + "a"])
     assert _blobs(tmp_path) == ["b.blob"] and _markers(tmp_path) == [ov_backend.MARKER_PREFIX + "b"]
+
+
+def test_a_graph_that_will_not_compile_for_any_shape_goes_per_shape(graph, monkeypatch):
+    runner = ov_backend.OpenVinoRunner(graph)
+    real = runner._compile
+
+    def refuse_dynamic(model):
+        if any(i.get_partial_shape().is_dynamic for i in model.inputs):
+            raise RuntimeError("dynamic shapes are not supported for this graph")
+        return real(model)
+
+    monkeypatch.setattr(runner, "_compile", refuse_dynamic)
+    x = np.random.default_rng(0).random((1, 3, 56, 70), dtype=np.float32)
+    assert np.isfinite(runner.run({"pixel_values": x})["predicted_depth"]).all()
+    assert runner.dynamic_first is False and len(runner._compiled) == 1

@@ -218,8 +218,13 @@ class OpenVinoRunner:
             if self._seen[shapes] == 1 and not self._cached_before(shapes):
                 if self._dynamic is None:
                     log.info("openvino: compiling for any input shape (fp32)")
-                    self._dynamic = self._compile(self.model)
-                return self._dynamic
+                    try:
+                        self._dynamic = self._compile(self.model)
+                    except Exception as exc:  # a graph OpenVINO compiles only at fixed shapes
+                        log.info("openvino: per-shape models only (%s)", str(exc).strip().splitlines()[:1])
+                        self.dynamic_first = False
+                if self._dynamic is not None:
+                    return self._dynamic
         model = self.model.clone()
         model.reshape({name: list(shape) for name, shape in zip(self.input_names, shapes)})
         log.info("openvino: compiling for input shape %s (%s)", shapes, self.precision)
