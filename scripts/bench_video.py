@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -89,9 +88,10 @@ def main(argv=None) -> int:
 
     import depthrt
     from depthrt import video
+    from depthrt.backends import usable_cores
     from depthrt.video.stages import FrameModel
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
         print(f"[bench] writing a {args.frames}-frame {width}x{height} clip ...", file=sys.stderr)

@@ -88,7 +88,8 @@ def matmul_peak(precision: str, threads: int, n: int = 2048, repeats: int = 10) 
 
 def main(argv: list[str] | None = None) -> int:
     from depthrt import processing
-    from depthrt.backends.openvino import _physical_cores, supports_bf16
+    from depthrt.backends import usable_cores
+    from depthrt.backends.openvino import supports_bf16
     from depthrt.bench import parse_size
     from depthrt.manifest import read_manifest
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: only single-input graphs are counted", file=sys.stderr)
         return 2
     feeds = {graph["inputs"][0]["name"]: pixels[None]}
-    threads = args.threads or _physical_cores()
+    threads = args.threads or usable_cores()
 
     flops = graph_flops(args.bundle / graph["file"], feeds)
     total = sum(flops.values())

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .backends import first_line
 from .errors import InputError
 
 log = logging.getLogger("depthrt")
@@ -174,8 +175,7 @@ def _load_entry(entry: Entry, make, image: np.ndarray, warmup: int) -> None:
         for _ in range(max(1, warmup)):
             entry.depth, _ = entry.frame(image)
     except Exception as exc:  # a backend that cannot run here is reported, not fatal
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        entry.error = f"{type(exc).__name__}: {first[:200]}"
+        entry.error = f"{type(exc).__name__}: {first_line(exc, 200)}"
         entry.frame = None
         log.info("bench: %s not measured: %s", entry.label, entry.error)
     entry.load_s = time.perf_counter() - t0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,21 @@ _MODULES = {"trt": "trt", "trt-rtx": "trt", "ort-cuda": "ort", "openvino": "open
 BACKENDS = ("auto", *_MODULES)
 PRECISIONS = ("fp32", "fp16", "bf16")
 GPU_BACKENDS = ("trt", "ort-cuda")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: the default thread count of the CPU backends. Their own
+    defaults (one per logical core of the machine) oversubscribe small machines and containers."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (libraries raise with long C++ traces), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def _module(backend: str):

@@ -9,8 +9,8 @@ Models are compiled once per input shape (static shapes run faster than OpenVINO
 kernels, and a video or a benchmark repeats one shape); the few most recent shapes are kept. In
 fp32, a shape's first run uses one model compiled for any shape instead (it compiles in under a
 second), so a single image or a folder of differently sized ones does not wait for a compile per
-size; the per-shape model is made when the shape comes again. Compiling takes seconds (about 10 s for a Depth Anything V2 Small on two cores), so compiled
-models are also kept on disk, in OpenVINO's model cache: the next process that runs the same graph
+size; the per-shape model is made when the shape comes again. Compiling one takes seconds (about
+10 s for a Depth Anything V2 Small on two cores), so compiled models are also kept on disk, in OpenVINO's model cache: the next process that runs the same graph
 at the same shape and precision loads it in a fraction of a second. The cache lives in
 ``$XDG_CACHE_HOME/depthrt/openvino`` (``~/.cache/...``), or where ``DEPTHRT_OPENVINO_CACHE`` says
 (``off`` turns it off); the oldest files go once it holds more than ``DEPTHRT_OPENVINO_CACHE_MB``
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, BundleError
+from . import first_line, usable_cores
 
 log = logging.getLogger("depthrt")
 
@@ -130,13 +131,6 @@ def open_runner(bundle: Path, graph: dict, backend: str, precision: str, threads
     return OpenVinoRunner(bundle / graph["file"], precision=precision, threads=threads)
 
 
-def _physical_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 class OpenVinoRunner:
     """One ONNX graph compiled by OpenVINO for the CPU, per input shape."""
 
@@ -153,13 +147,12 @@ class OpenVinoRunner:
         self.config = {
             "INFERENCE_PRECISION_HINT": _HINTS[precision],
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": int(threads or _physical_cores()),
+            "INFERENCE_NUM_THREADS": int(threads or usable_cores()),
         }
         try:
             self.model = self.core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError with a long C++ trace
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"OpenVINO cannot read '{path}': {first[:300]}; the file is damaged or not an ONNX "
+            raise BundleError(f"OpenVINO cannot read '{path}': {first_line(exc)}; the file is damaged or not an ONNX "
                               "graph: re-export the bundle") from None
         self.input_names = [i.get_any_name() for i in self.model.inputs]
         self.output_names = [o.get_any_name() for o in self.model.outputs]
@@ -169,7 +162,7 @@ class OpenVinoRunner:
         # bf16 always compiles per shape: its dynamic kernels differ from the static ones by ~5e-2.
         self.dynamic_first = precision == "fp32" and any(i.get_partial_shape().is_dynamic for i in self.model.inputs)
         self._dynamic = None
-        self._seen: dict[tuple, int] = {}
+        self._seen: set[tuple] = set()  # shapes run at least once
         self.path, self.version = Path(path), str(getattr(ov, "__version__", "?"))
         self.cache = cache_dir()
         if self.cache is not None:
@@ -182,7 +175,7 @@ class OpenVinoRunner:
             if self.cache is None:
                 raise
             # a cache that cannot be written (disk full, removed) must not stop inference
-            log.info("openvino: compiling without the model cache (%s)", str(exc).strip().splitlines()[:1])
+            log.info("openvino: compiling without the model cache (%s)", first_line(exc))
             self.cache = None
             self.config.pop("CACHE_DIR", None)
             compiled = self.core.compile_model(model, "CPU", self.config)
@@ -214,14 +207,15 @@ class OpenVinoRunner:
         if self.dynamic_first:
             if len(self._seen) > 4096:  # a stream of ever-new sizes: forget, keep memory bounded
                 self._seen.clear()
-            self._seen[shapes] = self._seen.get(shapes, 0) + 1
-            if self._seen[shapes] == 1 and not self._cached_before(shapes):
+            first_run = shapes not in self._seen
+            self._seen.add(shapes)
+            if first_run and not self._cached_before(shapes):
                 if self._dynamic is None:
                     log.info("openvino: compiling for any input shape (fp32)")
                     try:
                         self._dynamic = self._compile(self.model)
                     except Exception as exc:  # a graph OpenVINO compiles only at fixed shapes
-                        log.info("openvino: per-shape models only (%s)", str(exc).strip().splitlines()[:1])
+                        log.info("openvino: per-shape models only (%s)", first_line(exc))
                         self.dynamic_first = False
                 if self._dynamic is not None:
                     return self._dynamic
@@ -254,5 +248,4 @@ class OpenVinoRunner:
         except BackendError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"openvino failed to run the graph: {first[:300]}") from None
+            raise BackendError(f"openvino failed to run the graph: {first_line(exc)}") from None

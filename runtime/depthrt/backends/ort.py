@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, BundleError
-from . import DeviceArray, device_pointer, is_dlpack_on_gpu, select_graph
+from . import DeviceArray, device_pointer, first_line, is_dlpack_on_gpu, select_graph, usable_cores
 
 log = logging.getLogger("depthrt")
 
@@ -61,26 +61,12 @@ def open_runner(bundle: Path, graph: dict, backend: str, precision: str, threads
     return OrtCudaRunner(bundle / chosen["file"], threads=threads)
 
 
-def _physical_cores() -> int:
-    # ORT's default spins one thread per logical core; on small machines (2 vCPUs) that
-    # oversubscribes with our own pre/post-processing, so use what this process may run on.
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def session_options(ort, threads: int | None, cuda: bool = False):
     """ORT session options tuned for this runtime (shared by both ORT backends)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or (1 if cuda else _physical_cores())
+    options.intra_op_num_threads = threads or (1 if cuda else usable_cores())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initialisers are noise to users
     # Denormals (tiny activations deep in ViTs) are 10-100x slower on x86; flushing them changes
@@ -96,7 +82,7 @@ def _open_session(ort, path: Path, options, providers):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        first = _first_line(exc)
+        first = first_line(exc)
         if "CUDA Graph" in first or "cuda graph" in first.lower():
             raise
         raise BundleError(
@@ -120,7 +106,7 @@ class OrtRunner:
         try:
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:
-            raise BackendError(f"{self.name} failed to run the graph: {_first_line(exc)}") from None
+            raise BackendError(f"{self.name} failed to run the graph: {first_line(exc)}") from None
         return dict(zip(self.output_names, outputs))
 
 
@@ -141,7 +127,7 @@ def _preload(ort) -> None:
         try:
             ort.preload_dlls()
         except Exception as exc:  # missing nvidia-* wheels: the session creation below says more
-            log.info("onnxruntime.preload_dlls() failed: %s", _first_line(exc))
+            log.info("onnxruntime.preload_dlls() failed: %s", first_line(exc))
 
 
 class OrtCudaRunner:
@@ -178,7 +164,7 @@ class OrtCudaRunner:
             except BackendError:
                 raise
             except Exception as exc:
-                log.info("ort-cuda: CUDA graphs not used for %s: %s", path.name, _first_line(exc))
+                log.info("ort-cuda: CUDA graphs not used for %s: %s", path.name, first_line(exc))
         if self.session is None:
             self.session = self._session(path, threads, cuda_graph=False)
         log.info("ort-cuda: %s on GPU %d, CUDA graphs %s", path.name, device_id, "on" if self.cuda_graph else "off")
@@ -214,7 +200,7 @@ class OrtCudaRunner:
         except BackendError:
             raise
         except Exception as exc:
-            raise BackendError(f"ort-cuda failed to run the graph: {_first_line(exc)}") from None
+            raise BackendError(f"ort-cuda failed to run the graph: {first_line(exc)}") from None
         if on_device:
             return {n: DeviceArray.from_ortvalue(v, keep=v) for n, v in outputs.items()}
         return {n: v.numpy() for n, v in outputs.items()}
