@@ -312,15 +312,27 @@ class TrtRunner:
         assert state is not None
         return state
 
-    def _enqueue(self, state: _ShapeState) -> None:
-        """Copies in, the engine, copies out: all asynchronous on our stream."""
-        h2d, d2h = (self.cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                    self.cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+    def _stage(self, state: _ShapeState, feeds: dict[str, np.ndarray]) -> None:
+        """Host inputs into the pinned staging buffers (the only host-side copy)."""
+        for name in self.inputs:
+            np.copyto(state.host[name], feeds[name], casting="same_kind")
+
+    def _upload(self, state: _ShapeState) -> None:
+        """Staged inputs to the device, asynchronously on our stream."""
+        h2d = self.cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         for name in self.inputs:
             host = state.host[name]
             self.cuda("cudaMemcpyAsync", state.device[name], host.ctypes.data, host.nbytes, h2d, self.stream)
+
+    def _execute(self) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
             raise BackendError(f"{self.name}: TensorRT failed to run the engine (see the TensorRT log above)")
+
+    def _enqueue(self, state: _ShapeState) -> None:
+        """Copies in, the engine, copies out: all asynchronous on our stream."""
+        d2h = self.cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._upload(state)
+        self._execute()
         for name in self.outputs:
             host = state.host[name]
             self.cuda("cudaMemcpyAsync", host.ctypes.data, state.device[name], host.nbytes, d2h, self.stream)
@@ -348,8 +360,7 @@ class TrtRunner:
         if any(device_pointer(feeds[name]) is not None for name in self.inputs):
             return self._run_on_device(feeds)
         state = self._state_for(feeds)
-        for name in self.inputs:
-            np.copyto(state.host[name], feeds[name], casting="same_kind")
+        self._stage(state, feeds)
         if state.graph_exec is None and self.use_graphs and state.runs >= 1:
             self._capture(state)  # the first run of a shape ran plainly, as TensorRT asks before capture
         if state.graph_exec is not None:
@@ -379,8 +390,7 @@ class TrtRunner:
         d2d = self.cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         for name, ptr in pointers.items():
             self.cuda("cudaMemcpyAsync", state.device[name], ptr, state.host[name].nbytes, d2d, self.stream)
-        if not self.context.execute_async_v3(int(self.stream)):
-            raise BackendError(f"{self.name}: TensorRT failed to run the engine (see the TensorRT log above)")
+        self._execute()
         self.cuda("cudaStreamSynchronize", self.stream)
         return {name: DeviceArray(int(state.device[name]), state.host[name].shape, self.dtypes[name],
                                   keep=_DeviceOutput(self, state, name)) for name in self.outputs}
@@ -393,18 +403,14 @@ class TrtRunner:
         """
         check_shapes(self.profiles, feeds)
         state = self._state_for(feeds)
-        h2d = self.cuda.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        for name in self.inputs:
-            host = state.host[name]
-            np.copyto(host, feeds[name], casting="same_kind")
-            self.cuda("cudaMemcpyAsync", state.device[name], host.ctypes.data, host.nbytes, h2d, self.stream)
+        self._stage(state, feeds)
+        self._upload(state)
         start, stop = self.cuda("cudaEventCreate"), self.cuda("cudaEventCreate")
         times = []
         try:
             for _ in range(max(1, repeats)):
                 self.cuda("cudaEventRecord", start, self.stream)
-                if not self.context.execute_async_v3(int(self.stream)):
-                    raise BackendError(f"{self.name}: TensorRT failed to run the engine (see the TensorRT log above)")
+                self._execute()
                 self.cuda("cudaEventRecord", stop, self.stream)
                 self.cuda("cudaEventSynchronize", stop)
                 times.append(float(self.cuda("cudaEventElapsedTime", start, stop)))
