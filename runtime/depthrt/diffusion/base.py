@@ -15,6 +15,7 @@ import numpy as np
 from .. import processing
 from ..backends import open_graph
 from ..errors import BundleError, InputError
+from ..estimator import Prediction
 from ..manifest import sha256_file
 
 _F32 = np.float32
@@ -251,14 +252,27 @@ class DiffusionEstimator:
             preds.append(self.predict_one(im, steps, int(ensemble_size), int(resolution), rng, lat, where))
         return preds[0] if single else preds
 
-    def check_latents(self, latents: np.ndarray, expected: tuple, where: str, resolution: int) -> np.ndarray:
-        if tuple(latents.shape) != tuple(expected):
-            raise InputError(f"latents for {where} have shape {tuple(latents.shape)}, but this image at "
-                             f"processing_resolution {resolution} with ensemble_size {expected[0]} needs "
-                             f"{tuple(expected)} (ensemble, channels, height/8, width/8 of the padded image)")
+    @staticmethod
+    def initial_noise(latents: np.ndarray | None, shape: tuple, rng: np.random.Generator, where: str,
+                      needs: str) -> np.ndarray:
+        """The caller's ``latents``, checked against ``shape`` (``needs`` says what that shape is made of),
+        or standard normal noise of ``shape`` drawn from ``rng``."""
+        if latents is None:
+            return rng.standard_normal(shape, dtype=_F32)
+        if tuple(latents.shape) != tuple(shape):
+            raise InputError(f"latents for {where} have shape {tuple(latents.shape)}, but {needs}")
         if not np.all(np.isfinite(latents)):
             raise InputError(f"latents for {where} contain NaN or infinity")
         return latents
+
+    def rgb_prediction(self, rgb: np.ndarray) -> Prediction:
+        """A decoded [3, H, W] image in [0, 1] as the prediction: depth is its channel mean, normals
+        are its colours mapped to [-1, 1] and normalised (Lotus and LBM decode both this way)."""
+        if self.task == "depth":
+            return Prediction(depth=np.ascontiguousarray(rgb.mean(axis=0), dtype=_F32), kind=self.kind,
+                              units=self.units)
+        normals = normalize_normals(rgb[None] * _F32(2) - _F32(1))[0].transpose(1, 2, 0)
+        return Prediction(depth=None, kind=self.kind, units=self.units, normals=np.ascontiguousarray(normals))
 
     def predict_one(self, image: np.ndarray, steps: int, ensemble_size: int, resolution: int,
                     rng: np.random.Generator, latents: np.ndarray | None, where: str):

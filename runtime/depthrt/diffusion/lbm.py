@@ -21,8 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BundleError, InputError
-from ..estimator import Prediction
-from .base import DiffusionEstimator, normalize_normals, resize_antialias
+from .base import DiffusionEstimator, resize_antialias
 
 _F32 = np.float32
 
@@ -89,14 +88,10 @@ class Estimator(DiffusionEstimator):
         x = resized.transpose(2, 0, 1)[None].astype(_F32) / _F32(255) * _F32(2) - _F32(1)
         sample = self.encode(x)  # [1, C, bh / f, bw / f]
         shape = (steps - 1, *sample.shape[1:])
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=_F32)
-        elif tuple(latents.shape) != shape:
-            raise InputError(f"latents for {where} have shape {tuple(latents.shape)}, but LBM with {steps} step(s) "
-                             f"on this image needs the bridge noise {shape} (num_inference_steps - 1, channels, "
-                             f"height/{self.factor}, width/{self.factor} of the {bw}x{bh} aspect bucket)")
-        elif not np.all(np.isfinite(latents)):
-            raise InputError(f"latents for {where} contain NaN or infinity")
+        latents = self.initial_noise(latents, shape, rng, where,
+                                     f"LBM with {steps} step(s) on this image needs the bridge noise {shape} "
+                                     f"(num_inference_steps - 1, channels, height/{self.factor}, width/{self.factor} "
+                                     f"of the {bw}x{bh} aspect bucket)")
         timesteps = self.scheduler.timesteps(sigmas)
         for i, t in enumerate(timesteps):
             sample = self.scheduler.step(self.unet(sample, t), sample, sigmas, i)
@@ -104,9 +99,4 @@ class Estimator(DiffusionEstimator):
                 s = sigmas[i + 1]
                 sample = sample + self.bridge_noise_sigma * np.sqrt(s * (_F32(1) - s)) * latents[i][None]
         decoded = (np.clip(self.decode(sample.astype(_F32, copy=False)), -1.0, 1.0) + _F32(1)) / _F32(2)
-        decoded = resize_antialias(decoded, (h0, w0), "bilinear")[0]  # [3, H, W]
-        if self.task == "depth":
-            return Prediction(depth=np.ascontiguousarray(decoded.mean(axis=0), dtype=_F32), kind=self.kind,
-                              units=self.units)
-        normals = normalize_normals(decoded[None] * _F32(2) - _F32(1))[0].transpose(1, 2, 0)
-        return Prediction(depth=None, kind=self.kind, units=self.units, normals=np.ascontiguousarray(normals))
+        return self.rgb_prediction(resize_antialias(decoded, (h0, w0), "bilinear")[0])  # [3, H, W]

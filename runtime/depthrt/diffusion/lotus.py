@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BundleError, InputError
-from ..estimator import Prediction
-from .base import DiffusionEstimator, normalize_normals, resize, resize_antialias
+from .base import DiffusionEstimator, resize, resize_antialias
 
 _F32 = np.float32
 
@@ -75,14 +74,10 @@ class Estimator(DiffusionEstimator):
         image_latent = self.encode(x)  # [1, C, h // f, w // f]
         shape = (1, self.channels, h // self.factor, w // self.factor)
         if self.mode == "g":
-            if latents is None:
-                latents = rng.standard_normal(shape, dtype=_F32)
-            elif tuple(latents.shape) != shape:
-                raise InputError(f"latents for {where} have shape {tuple(latents.shape)}, but this image at "
-                                 f"processing_resolution {resolution} needs {shape} (1, channels, floor(height/"
-                                 f"{self.factor}), floor(width/{self.factor}) of the resized {w}x{h} image)")
-            elif not np.all(np.isfinite(latents)):
-                raise InputError(f"latents for {where} contain NaN or infinity")
+            latents = self.initial_noise(latents, shape, rng, where,
+                                         f"this image at processing_resolution {resolution} needs {shape} (1, "
+                                         f"channels, floor(height/{self.factor}), floor(width/{self.factor}) of the "
+                                         f"resized {w}x{h} image)")
             sample = np.concatenate([image_latent, latents * self.init_noise_sigma], axis=1)
         else:
             if latents is not None:
@@ -90,9 +85,4 @@ class Estimator(DiffusionEstimator):
             sample = image_latent
         x0 = self.unet(sample, self.timestep, class_labels=np.repeat(self.switch, len(sample), axis=0))
         decoded = np.clip(self.decode(x0) / _F32(2) + _F32(0.5), 0.0, 1.0)
-        decoded = resize(decoded, (h0, w0), "nearest-exact")[0]  # [3, H, W]
-        if self.task == "depth":
-            return Prediction(depth=np.ascontiguousarray(decoded.mean(axis=0), dtype=_F32), kind=self.kind,
-                              units=self.units)
-        normals = normalize_normals(decoded[None] * _F32(2) - _F32(1))[0].transpose(1, 2, 0)
-        return Prediction(depth=None, kind=self.kind, units=self.units, normals=np.ascontiguousarray(normals))
+        return self.rgb_prediction(resize(decoded, (h0, w0), "nearest-exact")[0])  # [3, H, W]

@@ -122,9 +122,9 @@ class Estimator(DiffusionEstimator):
         x, padding = self._prepare(image, resolution, where)
         image_latent = self.encode(x)  # [1,C,h,w]
         shape = (ensemble_size, *image_latent.shape[1:])
-        if latents is None:
-            latents = rng.standard_normal(shape, dtype=_F32)
-        pred = self.check_latents(latents, shape, where, resolution)
+        pred = self.initial_noise(latents, shape, rng, where,
+                                  f"this image at processing_resolution {resolution} with ensemble_size {shape[0]} "
+                                  f"needs {shape} (ensemble, channels, height/8, width/8 of the padded image)")
         image_latent = np.repeat(image_latent, ensemble_size, axis=0)
         for i, t in enumerate(timesteps):
             out = self.unet(np.concatenate([image_latent, pred], axis=1), t)
