@@ -73,3 +73,13 @@ def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> No
     assert lines and "error" in lines[-1], result.stderr
     for needle in needles:
         assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
+
+
+class HostCudaArray:
+    """Host memory presented as a CUDA array (``__cuda_array_interface__``), as CuPy or torch would: what
+    the device-array paths read when they run on the CPU provider or the fake CUDA (no copy)."""
+
+    def __init__(self, array, strides=None):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+        self.__cuda_array_interface__ = {"shape": array.shape, "typestr": array.dtype.str, "version": 3,
+                                         "data": (array.ctypes.data, False), "strides": strides}

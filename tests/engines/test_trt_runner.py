@@ -11,6 +11,7 @@ import gc
 
 import numpy as np
 import pytest
+from conftest import HostCudaArray
 from fake_cuda import PLAN_MAGIC, FakeCudart, FakeTensorRT
 from fakes import GPU_ENV, fake_builder, fake_bundle  # noqa: F401  (fake_bundle is a fixture)
 
@@ -216,15 +217,6 @@ def test_gpu_check_times_tensorrt_through_the_runner_and_alone(fake, tiny_bundle
     assert through["rel_l2"] < 1e-5 and through["nonfinite"] == 0  # the engine ran on the check's own input
     assert through["runs"] == 3 and alone["runs"] == 3 and alone["median_ms"] > 0
     assert "skipped" in gpu_check._tensorrt_rows({"inputs": {}}, "cpu", 3, 1, ref=None)["tensorrt"]
-
-
-class HostCudaArray:
-    """Memory the fake CUDA treats as device memory, presented as CuPy or torch would (no copy)."""
-
-    def __init__(self, array: np.ndarray):
-        self.array, self.shape = array, array.shape
-        self.__cuda_array_interface__ = {"shape": array.shape, "typestr": array.dtype.str, "version": 3,
-                                         "data": (array.ctypes.data, False), "strides": None}
 
 
 def test_device_arrays_in_device_arrays_out(fake):

@@ -1,4 +1,4 @@
-"""Test helpers shared by the Lotus and LBM tests: bundles from a family's export entry."""
+"""Test helpers shared by the Lotus and LBM tests: bundles from a family's export entry, made once each."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ def load_bundle(bundle: Path):
     from depthrt.manifest import read_manifest
 
     return load_diffusion(bundle, read_manifest(bundle), "ort-cpu")
+
+
+def family_maker(root: Path, module, write_tiny, tiny_names: dict, load_parts):
+    """make(preset) -> (checkpoint folder, estimator, load_parts(checkpoint, preset)): a tiny checkpoint
+    (``write_tiny(tiny_names[preset], folder, seed=0)``), its bundle and its torch parts, once per preset."""
+    made = {}
+
+    def make(preset: str):
+        if preset not in made:
+            ckpt = write_tiny(tiny_names[preset], root / tiny_names[preset], seed=0)
+            bundle = write_bundle(module, preset, ckpt, root / f"bundle-{preset}")
+            made[preset] = (ckpt, load_bundle(bundle), load_parts(ckpt, preset))
+        return made[preset]
+
+    return make

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from depthrt.errors import InputError, WeightsError
-from diffusion_bundles import load_bundle, write_bundle
+from diffusion_bundles import family_maker, load_bundle, write_bundle
 
 pytest.importorskip("diffusers")
 pytest.importorskip("yaml")
@@ -28,18 +28,11 @@ def lbm(tmp_path_factory):
     from depthrt_export.diffusion import lbm as lbm_export
     from depthrt_export.diffusion.tiny_lbm import write_tiny_lbm
 
-    root = tmp_path_factory.mktemp("lbm")
-    made = {}
+    def parts(ckpt, preset):
+        info = lbm_export.read_checkpoint(ckpt)
+        return lbm_export.load_unet(info), lbm_export.load_vae(info), info
 
-    def make(preset: str):
-        if preset not in made:
-            ckpt = write_tiny_lbm(PRESETS[preset], root / preset, seed=0)
-            bundle = write_bundle(lbm_export, preset, ckpt, root / f"bundle-{preset}")
-            info = lbm_export.read_checkpoint(ckpt)
-            made[preset] = (ckpt, load_bundle(bundle), (lbm_export.load_unet(info), lbm_export.load_vae(info), info))
-        return made[preset]
-
-    return make
+    return family_maker(tmp_path_factory.mktemp("lbm"), lbm_export, write_tiny_lbm, PRESETS, parts)
 
 
 def _compare(est, torch_parts, task, cases, tolerance, label):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from depthrt.errors import InputError, WeightsError
-from diffusion_bundles import load_bundle, write_bundle
+from diffusion_bundles import family_maker
 
 pytest.importorskip("diffusers")
 
@@ -31,18 +31,8 @@ def lotus(tmp_path_factory):
     from depthrt_export.diffusion import lotus as lotus_export
     from depthrt_export.diffusion.tiny_lotus import write_tiny_lotus
 
-    root = tmp_path_factory.mktemp("lotus")
-    made = {}
-
-    def make(preset: str):
-        if preset not in made:
-            ckpt = write_tiny_lotus(PRESETS[preset], root / PRESETS[preset], seed=0)
-            bundle = write_bundle(lotus_export, preset, ckpt, root / f"bundle-{preset}")
-            parts = lotus_export.load_lotus(ckpt, lotus_export.task_of(preset))
-            made[preset] = (ckpt, load_bundle(bundle), parts)
-        return made[preset]
-
-    return make
+    return family_maker(tmp_path_factory.mktemp("lotus"), lotus_export, write_tiny_lotus, PRESETS,
+                        lambda ckpt, preset: lotus_export.load_lotus(ckpt, lotus_export.task_of(preset)))
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -11,6 +11,7 @@ import ctypes
 import numpy as np
 import pytest
 
+from conftest import HostCudaArray
 from depthrt.backends import DeviceArray
 from depthrt.backends import ort as ort_backend
 from depthrt.errors import BackendError, InputError
@@ -21,15 +22,6 @@ class HostBoundRunner(ort_backend.OrtCudaRunner):
 
     def _providers(self, cuda_graph):
         return ["CPUExecutionProvider"]
-
-
-class HostCudaArray:
-    """Host memory presented as a CUDA array (``__cuda_array_interface__``), as CuPy or torch would."""
-
-    def __init__(self, array: np.ndarray, strides=None):
-        self.array, self.shape, self.dtype = array, array.shape, array.dtype
-        self.__cuda_array_interface__ = {"shape": array.shape, "typestr": array.dtype.str, "version": 3,
-                                         "data": (array.ctypes.data, False), "strides": strides}
 
 
 @pytest.fixture(scope="module")
