@@ -39,6 +39,8 @@ for sub in ("runtime", "export", "engines"):  # runnable from a checkout without
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
 
+from depthrt.bench import summarise  # noqa: E402  (median, p90, min and count, as `depthrt bench` reports them)
+
 MODELS = ("da-v2-small", "da-v2-large", "sd2-unet")
 TARGETS = {"da-v2-small": 3.0, "da-v2-large": 2.0}  # ort-cuda fp16 speed-up over PyTorch fp16 eager
 PARITY = 2e-2  # fp16 rel-L2 limit against fp32 (depthrt_export.specs.FP16)
@@ -158,11 +160,6 @@ def prepare(name: str, work: Path, tiny: bool) -> dict:
 
 
 # --------------------------------------------------------------------------- timing
-def _stats(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "runs": len(ms)}
-
-
 def _time(fn, runs: int, warmup: int, sync) -> tuple[dict, object]:
     out = None
     for _ in range(warmup):
@@ -174,7 +171,7 @@ def _time(fn, runs: int, warmup: int, sync) -> tuple[dict, object]:
         out = fn()
         sync()
         ms.append((time.perf_counter() - t0) * 1000)
-    return _stats(ms), out
+    return summarise(ms), out
 
 
 def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -250,7 +247,7 @@ def _tensorrt_rows(prep: dict, device: str, runs: int, warmup: int, ref: np.ndar
     host = out["predicted_depth"]
     row["rel_l2"] = _rel_l2(host, ref)
     row["nonfinite"] = int(np.count_nonzero(~np.isfinite(host)))
-    engine = _stats(runner.engine_time_ms({"pixel_values": x}, repeats=runs))
+    engine = summarise(runner.engine_time_ms({"pixel_values": x}, repeats=runs))
     return {"trt fp16 (host in/out)": row,
             "trt fp16 engine alone": {**engine, "rel_l2": row["rel_l2"], "nonfinite": row["nonfinite"]}}
 

@@ -104,6 +104,14 @@ def _finish(cap, cv, name: str, live: bool, frame: np.ndarray, count: int | None
     return src
 
 
+def _opened(cap, message: str):
+    """``cap`` if OpenCV opened it; otherwise released, and ``message`` raised as the user's error."""
+    if not cap.isOpened():
+        cap.release()
+        raise InputError(message)
+    return cap
+
+
 def open_camera(index: int) -> Source:
     """Open camera ``index`` (0 is the first). Raises InputError when there is none."""
     if index < 0:
@@ -114,11 +122,8 @@ def open_camera(index: int) -> Source:
         raise InputError(f"no camera at index {index} (/dev/video{index} does not exist; {have}); "
                          "pass --camera N for an existing one, or --input FILE")
     cv = cv2()
-    cap = cv.VideoCapture(index)
-    if not cap.isOpened():
-        cap.release()
-        raise InputError(f"cannot open camera {index}: no such camera, or another program is using it; "
-                         "pass --camera N for another one, or --input FILE")
+    cap = _opened(cv.VideoCapture(index), f"cannot open camera {index}: no such camera, or another program is "
+                  "using it; pass --camera N for another one, or --input FILE")
     frame = _first_frame(cap, f"camera {index}", "check that it is not in use and is connected")
     return _finish(cap, cv, f"camera {index}", True, frame, None)
 
@@ -127,11 +132,8 @@ def open_input(path: str) -> Source:
     """Open a video file (processed frame by frame) or a stream URL (live)."""
     cv = cv2()
     if path.lower().startswith(_URL_SCHEMES):
-        cap = cv.VideoCapture(path, cv.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap.release()
-            raise InputError(f"cannot open stream '{path}': unreachable, or not a stream OpenCV can read; "
-                             "check the URL")
+        cap = _opened(cv.VideoCapture(path, cv.CAP_FFMPEG), f"cannot open stream '{path}': unreachable, or not a "
+                      "stream OpenCV can read; check the URL")
         frame = _first_frame(cap, f"stream '{path}'", "check that it is sending video")
         return _finish(cap, cv, path, True, frame, None)
     if os.path.isdir(path):
@@ -144,11 +146,8 @@ def open_input(path: str) -> Source:
         raise InputError(f"cannot read video '{path}': permission denied")
     if path.lower().endswith(_IMAGE_SUFFIXES):
         raise InputError(f"'{path}' is an image, not a video; use `depthrt predict BUNDLE {path}`")
-    cap = cv.VideoCapture(path, cv.CAP_FFMPEG)
-    if not cap.isOpened():
-        cap.release()
-        raise InputError(f"cannot read video '{path}': not a video file OpenCV can decode "
-                         "(corrupt, or an unsupported container/codec); convert it, e.g. to H.264 MP4")
+    cap = _opened(cv.VideoCapture(path, cv.CAP_FFMPEG), f"cannot read video '{path}': not a video file OpenCV can "
+                  "decode (corrupt, or an unsupported container/codec); convert it, e.g. to H.264 MP4")
     frame = _first_frame(cap, f"video '{path}'", "the file is damaged or holds no video stream")
     count = int(cap.get(cv.CAP_PROP_FRAME_COUNT) or 0)
     return _finish(cap, cv, path, False, frame, count if count > 0 else None)
