@@ -78,7 +78,10 @@ def read_image(path) -> np.ndarray:
             # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; we
             # refuse both, since such images would exhaust memory downstream.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(name) as im:
+            # Opened from our own file object, not the path: given a path Pillow memory-maps
+            # uncompressed TIFFs with the size already turned for EXIF orientations 5-8, which
+            # scrambles their pixels (Pillow 13); through a file object it decodes them correctly.
+            with open(name, "rb") as fh, Image.open(fh) as im:
                 im.load()  # force the full decode now, inside our error handling
                 try:
                     im = ImageOps.exif_transpose(im)
