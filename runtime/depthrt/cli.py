@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 from .errors import DepthrtError, InputError, OutputError
+from .outputs import SAVE_KINDS, write_map
+from .outputs import output_names as _output_names
+from .outputs import parse_save as _parse_save
 
-SAVE_KINDS = ("png16", "color", "npy", "controlnet")
 _EXPORT_DEPENDENCIES = {"torch", "transformers", "onnx", "onnxscript", "safetensors", "huggingface_hub"}
 
 
@@ -38,36 +40,6 @@ def _cmd_export(args) -> int:
     untrained = " (UNTRAINED random weights)" if manifest["source"]["untrained"] else ""
     print(f"bundle written: {out}{untrained}")
     return 0
-
-
-def _parse_save(text: str | None, normals: bool) -> list[str]:
-    """What to write per image; normals bundles write an RGB normal map and/or the raw array."""
-    if text is None:
-        return ["color", "npy"] if normals else ["png16", "color"]
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in SAVE_KINDS]
-    if bad or not kinds:
-        raise InputError(f"--save {text!r}: choose from {', '.join(SAVE_KINDS)} (comma-separated)")
-    if normals and "png16" in kinds:
-        raise InputError("--save png16 writes depth maps; this bundle predicts surface normals: use --save "
-                         "color (RGB normal map, also used for controlnet) and/or npy (HxWx3 float32)")
-    return kinds
-
-
-def _output_names(images: list[str], out: Path, kinds: list[str], normals: bool = False) -> list[dict[str, Path]]:
-    """Output file paths per image; inputs with the same file stem get distinct names."""
-    suffix = {"png16": ".depth.png", "color": ".color.png", "npy": ".depth.npy", "controlnet": ".controlnet.png"}
-    if normals:
-        suffix.update(color=".normals.png", npy=".normals.npy")
-    seen: dict[str, int] = {}
-    names = []
-    for image in images:
-        stem = Path(image).stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        base = stem if n == 0 else f"{stem}-{n}"
-        names.append({k: out / (base + suffix[k]) for k in kinds})
-    return names
 
 
 def _cmd_predict(args) -> int:
@@ -97,19 +69,7 @@ def _cmd_predict(args) -> int:
     for path, target in zip(args.images, targets):
         pred = est.predict(imageio.read_image(path))
         for kind, dest in target.items():
-            if pred.normals is not None:  # color and controlnet: the (n + 1) / 2 RGB normal map
-                if kind == "npy":
-                    imageio.write_npy(dest, pred.normals, overwrite=args.force)
-                else:
-                    imageio.write_normals_png(dest, pred.normals, overwrite=args.force)
-            elif kind == "png16":
-                imageio.write_depth_png16(dest, pred.depth, overwrite=args.force)
-            elif kind == "color":
-                imageio.write_color_png(dest, pred.depth, kind=pred.kind, overwrite=args.force)
-            elif kind == "npy":
-                imageio.write_npy(dest, pred.depth, overwrite=args.force)
-            else:
-                imageio.write_controlnet_png(dest, pred.depth, pred.kind, overwrite=args.force)
+            write_map(kind, dest, pred, overwrite=args.force)
         print(f"{path}: " + ", ".join(str(p) for p in target.values()))
     print(f"wrote {len(args.images)} image(s) to {out} ({est.kind}, {est.units})")
     return 0
@@ -151,6 +111,23 @@ def _cmd_video(args) -> int:
         raise InputError(s["error"] + (f"; the frames processed so far are in {result.output}" if result.output else ""))
     if result.stopped_by == "interrupt" and not s["source"]["live"]:
         return 130  # a file cut short; Ctrl-C is the normal way to end a live run
+    return 0
+
+
+def _cmd_batch(args) -> int:
+    from .batch import run
+
+    summary = run(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision, save=args.save,
+                  force=args.force, batch_size=args.batch_size, threads=args.threads, ray=args.ray,
+                  workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                  progress=not args.quiet)
+    s = summary
+    print(f"{s.done} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total} image(s) in "
+          f"{s.seconds:.1f} s ({s.rate:.2f} images/s) -> {args.out}")
+    if s.failed:
+        print(f"depthrt batch: {s.failed} image(s) failed, listed in {s.errors_file} (first: {s.errors[0][0]}: "
+              f"{s.errors[0][1]})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -252,6 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--force", action="store_true", help="overwrite existing --out / --stats files")
     p.set_defaults(func=_cmd_video)
+
+    p = sub.add_parser("batch", help="depth for folders of images, resumable; here or on a Ray cluster (--ray)")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("input", metavar="INPUT", help="a folder (searched recursively), a glob ('photos/**/*.jpg', quoted) "
+                   "or a text file with one image path per line")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder; mirrors the input tree")
+    p.add_argument("--save", help=f"what to write per image, as predict: from {','.join(SAVE_KINDS)} (default png16,color)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--batch-size", type=int, metavar="N", help="same-size images per inference call, within the "
+                   "graph's batch range (default: 1 on CPU backends, the graph's maximum on GPUs)")
+    p.add_argument("--threads", type=int, help="inference threads per worker (default: the cores it may use)")
+    p.add_argument("--force", action="store_true", help="recompute and overwrite maps that exist already "
+                   "(default: skip images whose maps are all there)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run on Ray Data (needs depthrt[ray]): "
+                   "join the cluster at ADDRESS (host:6379, ray://host:10001, auto), or start a local one")
+    p.add_argument("--workers", type=int, metavar="N", help="--ray: inference actors (default: one per GPU, "
+                   "or one per --cpus-per-worker CPUs)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="G", help="--ray: GPUs per inference actor "
+                   "(default 1 with a GPU backend, else 0)")
+    p.add_argument("--cpus-per-worker", type=float, metavar="C", help="--ray: CPUs per inference actor "
+                   "(default: its --threads, or 1 beside a GPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress line (the summary is still printed)")
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("bench", help="time backends side by side with PyTorch as reference (per stage, FPS, memory)")
     p.add_argument("bundle", metavar="BUNDLE")

@@ -53,11 +53,14 @@ class Estimator:
                  threads: int | None = None, manifest: dict | None = None):
         self.bundle = Path(bundle)
         self.manifest = manifest if manifest is not None else read_manifest(self.bundle)
-        self.backend = resolve_backend(backend)
+        # backend=None: no graph is opened, only preprocess and postprocess run (the decode workers of
+        # `depthrt batch --ray` need no model and may sit on machines without the inference backend).
+        self.backend = resolve_backend(backend) if backend is not None else None
         self.precision = precision
         graphs = self.manifest["graphs"]
         self.graph = graphs[0]
-        self.runner = open_graph(self.bundle, self.graph, self.backend, precision, threads=threads)
+        self.runner = None if backend is None else open_graph(self.bundle, self.graph, self.backend, precision,
+                                                              threads=threads)
         self.kind = self.manifest["output"]["kind"]
         self.units = self.manifest["output"]["units"]
         post = self.manifest["postprocessing"]
@@ -74,13 +77,14 @@ class Estimator:
         return f"Estimator({str(self.bundle)!r}, model={self.manifest['model']['name']!r}, backend={self.backend!r})"
 
     def predict(self, image: np.ndarray | Sequence[np.ndarray], processing_resolution: int | None = None,
-                focal_px: tuple[float, float] | None = None) -> Prediction | list[Prediction]:
+                focal_px: tuple[float, float] | None = None, progress=None) -> Prediction | list[Prediction]:
         """Depth for one HxWx3 uint8 RGB image, or for a list of them (each at its own size).
 
         ``processing_resolution`` replaces the model's resize target (the box height for DPT,
         Depth Anything and ZoeDepth; the long side for Depth Anything 3); the result must stay
         in the bundle's size range. ``focal_px=(fx, fy)``, in pixels of the input image, turns a
-        Depth Anything 3 metric model's output into metres.
+        Depth Anything 3 metric model's output into metres. ``progress(done, total)`` is called after
+        each finished image; an exception raised in it stops the run there (a cancel button).
         """
         single = isinstance(image, np.ndarray)
         images = [image] if single else list(image)
@@ -92,18 +96,12 @@ class Estimator:
         images = [_check_image(im, None if single else i) for i, im in enumerate(images)]
         prepared = [self._prepare(im, "image" if single else f"image {i}", processing_resolution)
                     for i, im in enumerate(images)]
-        outputs: list[dict | None] = [None] * len(images)
-        # Images that preprocess to the same size run as one batch (up to the graph's batch range).
-        by_shape: dict[tuple, list[int]] = {}
-        for i, (tensor, _) in enumerate(prepared):
-            by_shape.setdefault(tensor.shape, []).append(i)
-        for indices in by_shape.values():
-            for start in range(0, len(indices), self._max_batch):
-                chunk = indices[start:start + self._max_batch]
-                result = self.infer(np.stack([prepared[i][0] for i in chunk]))
-                for row, i in enumerate(chunk):
-                    outputs[i] = {name: value[row] for name, value in result.items()}
-        preds = [self.postprocess(out, meta, focal_px) for out, (_, meta) in zip(outputs, prepared)]
+        outputs = self.infer_each([tensor for tensor, _ in prepared])
+        preds = []
+        for out, (_, meta) in zip(outputs, prepared):
+            preds.append(self.postprocess(out, meta, focal_px))
+            if progress is not None:
+                progress(len(preds), len(prepared))
         return preds[0] if single else preds
 
     # The three stages of predict, public so that pipelines (video, benchmarks, C++ hosts) can run
@@ -121,6 +119,22 @@ class Estimator:
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on an (N, 3, h, w) float32 batch; returns its outputs by name."""
         return self.runner.run({self._input: batch})
+
+    def infer_each(self, tensors: Sequence[np.ndarray], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Each (3, h, w) model input's graph outputs (its batch row); inputs of the same size run
+        together, in batches of at most ``batch_size`` (default: the graph's batch range)."""
+        limit = min(batch_size or self._max_batch, self._max_batch)
+        outputs: list[dict | None] = [None] * len(tensors)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, tensor in enumerate(tensors):
+            by_shape.setdefault(tensor.shape, []).append(i)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), limit):
+                chunk = indices[start:start + limit]
+                result = self.infer(np.stack([tensors[i] for i in chunk]))
+                for row, i in enumerate(chunk):
+                    outputs[i] = {name: value[row] for name, value in result.items()}
+        return outputs  # type: ignore[return-value]
 
     def postprocess(self, outputs: dict[str, np.ndarray], meta: dict, focal_px=None) -> Prediction:
         """One image's graph outputs (batch row) and its meta -> the :class:`Prediction` at its size."""
@@ -182,9 +196,15 @@ def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp3
     Feed-forward families give an :class:`Estimator`; latent-diffusion families (Marigold, Lotus,
     LBM) a ``depthrt.diffusion`` estimator with the same ``predict`` plus step/ensemble options.
     """
-    manifest = read_manifest(bundle)
-    if manifest["model"]["family"] in DIFFUSION_FAMILIES:
-        from .diffusion import load_diffusion
+    from .bundle_check import loading, probe
 
-        return load_diffusion(bundle, manifest, resolve_backend(backend), precision, threads)
-    return Estimator(bundle, backend=backend, precision=precision, threads=threads, manifest=manifest)
+    manifest = read_manifest(bundle)
+    backend = resolve_backend(backend)  # an unknown or missing backend is the user's error, not the bundle's
+    with loading(bundle):  # fields that pass the schema but do not fit together: one BundleError
+        if manifest["model"]["family"] in DIFFUSION_FAMILIES:
+            from .diffusion import load_diffusion
+
+            return load_diffusion(bundle, manifest, backend, precision, threads)
+        estimator = Estimator(bundle, backend=backend, precision=precision, threads=threads, manifest=manifest)
+        probe(estimator)
+    return estimator
