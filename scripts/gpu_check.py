@@ -230,7 +230,7 @@ def _tensorrt_rows(prep: dict, device: str, runs: int, warmup: int, ref: np.ndar
     from depthrt.backends import trt as trt_backend
 
     if trt_backend.load_tensorrt("trt") is None:
-        return {"tensorrt": {"skipped": "TensorRT 10 is not installed here"}}
+        return {"tensorrt": {"skipped": "full TensorRT (its builder) is not installed here"}}
     if device != "cuda" or "bundle" not in prep:
         return {"tensorrt": {"skipped": "TensorRT is timed on the GPU, for the Depth Anything bundles"}}
     from depthrt.manifest import read_manifest

@@ -7,6 +7,7 @@ TensorRT; the default is ``trt_build.build_serialized``.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -21,8 +22,11 @@ from .cache import EngineCache, merge_timing_cache, read_timing_cache, timing_ca
 from .config import BuildConfig
 from .plan import BuildPlan, Environment, detect_environment, make_plan
 
-# An fp16 variant (fp16 with fp32 islands, made by depthrt_export.fp16) is a second manifest entry with
-# the same graph name and "precision": "fp16"; strongly typed targets build it instead of the fp32 graph.
+# Plans are strongly typed: the precision lives in the ONNX graph, never in builder flags. An fp16 variant
+# (fp16 with fp32 islands chosen and checked at export, made by depthrt_export.fp16) is a second manifest
+# entry with the same graph name and "precision": "fp16"; --precision fp16 builds it instead of the fp32 graph.
+# What makes each variant: a bundle that lacks one is told to run it.
+VARIANT_COMMANDS = {"fp16": "python -m depthrt_export.fp16 {bundle}"}
 
 Builder = Callable[[BuildPlan, Path, bytes, bool], "object"]
 
@@ -38,23 +42,25 @@ class Built:
     seconds: float = 0.0
 
 
-def select_graphs(manifest: dict, config: BuildConfig) -> list[tuple[dict, dict]]:
-    """(graph to build, logical graph) pairs. Strongly typed reduced-precision builds need the fp16 variant."""
+def select_graphs(manifest: dict, config: BuildConfig, bundle: Path | str = "BUNDLE") -> list[tuple[dict, dict]]:
+    """(graph to build, logical graph) pairs: the fp32 graph for fp32, else its variant of that precision."""
     logical = [g for g in manifest["graphs"] if g.get("precision", "fp32") == "fp32"]
     pairs = []
     for graph in logical:
-        if config.strongly_typed and config.precision != "fp32":
-            variant = next((g for g in manifest["graphs"]
-                            if g["name"] == graph["name"] and g.get("precision") == config.precision), None)
-            if variant is None:
-                raise InputError(
-                    f"--target {config.target} is strongly typed: it takes precision from the graph, and bundle "
-                    f"graph '{graph['name']}' has no {config.precision} variant; add the fp16 one with "
-                    "`python -m depthrt_export.fp16 BUNDLE`, or build with --precision fp32"
-                )
-            pairs.append((variant, graph))
-        else:
+        if config.precision == "fp32":
             pairs.append((graph, graph))
+            continue
+        variant = next((g for g in manifest["graphs"]
+                        if g["name"] == graph["name"] and g.get("precision") == config.precision), None)
+        if variant is None:
+            make = VARIANT_COMMANDS.get(config.precision)
+            fix = (f"add it with `{make.format(bundle=shlex.quote(str(bundle)))}`" if make else
+                   f"depthrt export writes no {config.precision} variants; build with --precision fp16 or fp32")
+            raise InputError(
+                f"plans are strongly typed: --precision {config.precision} builds the bundle's {config.precision} "
+                f"variant of each graph, and graph '{graph['name']}' has none; {fix}"
+            )
+        pairs.append((variant, graph))
     return pairs
 
 
@@ -62,7 +68,7 @@ def make_plans(bundle: Path, config: BuildConfig, environment: Environment | Non
     """The build plan of every graph in ``bundle`` (pure apart from reading the manifest)."""
     manifest = read_manifest(bundle)
     env = environment or detect_environment(config.target, load=False)
-    return [make_plan(graph, config, env, logical) for graph, logical in select_graphs(manifest, config)]
+    return [make_plan(graph, config, env, logical) for graph, logical in select_graphs(manifest, config, bundle)]
 
 
 def _default_builder() -> Builder:
@@ -87,13 +93,13 @@ def build_bundle(bundle: str | Path, config: BuildConfig, builder: Builder | Non
                  timing_cache_dir: Path | None = None, use_timing_cache: bool = True) -> list[Built]:
     """Build (or find in the cache) an engine for every graph of ``bundle``."""
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    pairs = select_graphs(read_manifest(bundle), config, bundle)  # a missing variant is named before TensorRT
     if environment is None:
         environment = detect_environment(config.target, load=True)
         _check_environment(environment)
     cache = EngineCache(bundle)
     results = []
-    for graph, logical in select_graphs(manifest, config):
+    for graph, logical in pairs:
         plan = make_plan(graph, config, environment, logical)
         results.append(_build_one(cache, plan, config, builder, force=force, progress=progress,
                                   timing_cache=timing_cache_path(plan, timing_cache_dir) if use_timing_cache else None))
@@ -133,6 +139,5 @@ def _build_one(cache: EngineCache, plan: BuildPlan, config: BuildConfig, builder
 def describe(built: Built, stream=sys.stdout) -> None:
     """One line per engine: where it is and whether it was just built."""
     how = "cached" if built.cached else f"built in {built.seconds:.1f}s"
-    pinned = built.metadata.get("build", {}).get("pinned_fp32_layers") or {}
-    extra = f"; fp32 layers: {', '.join(f'{k} {v}' for k, v in pinned.items())}" if pinned else ""
-    print(f"engine {built.path} ({how}, {built.metadata['plan_bytes'] / 1e6:.1f} MB{extra})", file=stream)
+    print(f"engine {built.path} ({how}, {built.metadata['plan_bytes'] / 1e6:.1f} MB, strongly typed from "
+          f"{built.plan.onnx_file}; loads with {' or '.join(built.plan.runtimes)})", file=stream)

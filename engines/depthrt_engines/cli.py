@@ -19,7 +19,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `depthrt build BUNDLE`."""
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (default), or fp16/bf16 with overflow-prone layers kept in fp32")
+                   help="fp32 (default: the fp32 graph, TF32 off), or fp16/bf16: the bundle's variant graph of that "
+                        "precision (strongly typed plans; add the fp16 variant with python -m depthrt_export.fp16)")
     p.add_argument("--target", default="trt", choices=TARGETS,
                    help="trt: full TensorRT for this GPU (default); trt-rtx: TensorRT for RTX, built without a GPU")
     for which in ("min", "opt", "max"):
@@ -30,11 +31,13 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit in MiB")
     p.add_argument("--compute-capability", metavar="X.Y[,X.Y]",
                    help=f"trt-rtx only: GPUs to compile for, from {', '.join(RTX_COMPUTE_CAPABILITIES)}")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="trt only: a plan that TensorRT's lean runtime (tensorrt_lean, no builder) loads as well")
     p.add_argument("--timing-cache", metavar="DIR", help="folder of timing caches (default ~/.cache/depthrt/timing)")
     p.add_argument("--no-timing-cache", action="store_true", help="neither read nor update a timing cache")
     p.add_argument("--force", action="store_true", help="rebuild even when the cache holds this engine")
     p.add_argument("--plan-only", action="store_true",
-                   help="print the build plan (profiles, precision, fp32 layers, cache key) and build nothing")
+                   help="print the build plan (graph file, profiles, precision, cache key) and build nothing")
     p.add_argument("--json", metavar="FILE", help="also write the plan (and engines built) to FILE as JSON")
 
 
@@ -47,7 +50,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     caps = tuple(c.strip() for c in args.compute_capability.split(",")) if args.compute_capability else None
     return BuildConfig(precision=args.precision, target=args.target, sizes=sizes,
                        batch=parse_batch(args.batch) if args.batch else None, opt_level=args.opt_level,
-                       workspace_mib=args.workspace, compute_capabilities=caps)
+                       workspace_mib=args.workspace, compute_capabilities=caps,
+                       version_compatible=args.version_compatible)
 
 
 def build_from_args(args: argparse.Namespace) -> int:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 from depthrt.errors import InputError
 
+# Plans are strongly typed: the precision is the graph's. fp32 builds the fp32 graph (TF32 off), fp16 and
+# bf16 build the bundle's variant of that precision (see ``build.select_graphs``).
 PRECISIONS = ("fp16", "bf16", "fp32")
-# trt: full TensorRT 10, needs the GPU it builds for. trt-rtx: TensorRT for RTX, builds ahead of
+# trt: full TensorRT (10 or 11), needs the GPU it builds for. trt-rtx: TensorRT for RTX, builds ahead of
 # time without a GPU and JIT-compiles on the user's RTX card at load.
 TARGETS = ("trt", "trt-rtx")
 # TensorRT-RTX compute capabilities it can target (GeForce / RTX PRO); data-centre GPUs need `trt`.
@@ -51,6 +53,9 @@ class BuildConfig:
     workspace_mib: int | None = None
     # Only for trt-rtx: the compute capabilities to compile for (None: TensorRT-RTX's default).
     compute_capabilities: tuple[str, ...] | None = None
+    # Only for trt: a version-compatible plan without an embedded lean runtime, which TensorRT's lean
+    # runtime (`tensorrt_lean`, no builder) loads as well as full TensorRT.
+    version_compatible: bool = False
     extra: dict[str, str] = field(default_factory=dict)  # reserved; part of the key
 
     def __post_init__(self) -> None:
@@ -78,11 +83,9 @@ class BuildConfig:
             if bad:
                 raise InputError(f"TensorRT-RTX cannot target compute capability {bad[0]}: choose from "
                                  f"{', '.join(RTX_COMPUTE_CAPABILITIES)}")
-
-    @property
-    def strongly_typed(self) -> bool:
-        """TensorRT-RTX only builds strongly typed networks: precision comes from the graph."""
-        return self.target == "trt-rtx"
+        if self.version_compatible and self.target != "trt":
+            raise InputError("--version-compatible is for --target trt (plans for TensorRT's lean runtime); "
+                             "TensorRT-RTX plans load only in the TensorRT-RTX release that built them")
 
     def options(self) -> dict:
         """The options as plain data: recorded in the plan's metadata and hashed into its key."""
@@ -94,6 +97,7 @@ class BuildConfig:
             "opt_level": self.opt_level,
             "workspace_mib": self.workspace_mib,
             "compute_capabilities": list(self.compute_capabilities) if self.compute_capabilities else None,
+            "version_compatible": self.version_compatible,
             "extra": dict(sorted(self.extra.items())),
         }
 
@@ -113,6 +117,8 @@ class BuildConfig:
             args += ["--workspace", str(self.workspace_mib)]
         if self.compute_capabilities:
             args += ["--compute-capability", ",".join(self.compute_capabilities)]
+        if self.version_compatible:
+            args += ["--version-compatible"]
         return args
 
 

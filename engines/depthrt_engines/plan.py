@@ -10,37 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from depthrt.backends import trt as trt_runtime
 
 from .config import BuildConfig
 from .profiles import InputProfile, derive_profiles
 
-KEY_FORMAT = 1  # bump when anything below changes how a key is made
-
-
-@dataclass(frozen=True)
-class PinRule:
-    """A family of layers kept in fp32 in reduced-precision engines, and why."""
-
-    name: str
-    match: str  # what the builder matches (TensorRT layer type or a name pattern)
-    why: str
-
-
-# Overflow-prone layers (fp16 tops out at 65504): statistics of LayerNorm, attention scores before
-# the softmax, the softmax itself, and the head that turns features into depth (a few large values
-# there are the output). Generic rules on TensorRT layers: model quirks belong in the manifest.
-PIN_RULES: tuple[PinRule, ...] = (
-    PinRule("normalization", "type NORMALIZATION", "LayerNorm/GroupNorm mean and variance overflow in fp16"),
-    PinRule("decomposed-norm", "type REDUCE; ELEMENTWISE POW; UNARY SQRT",
-            "the same statistics when a norm was exported as primitives"),
-    PinRule("softmax", "type SOFTMAX", "attention probabilities: exp() of large scores"),
-    PinRule("attention-scores", "MATRIX_MULTIPLY feeding a SOFTMAX", "Q.K^T can exceed 65504 before scaling"),
-    PinRule("head", r"name ~ /\w*head\w*/", "the final head: its outputs are the prediction"),
-)
-HEAD_PATTERN = re.compile(r"/\w*head\w*/", re.IGNORECASE)
+KEY_FORMAT = 2  # bump when anything below changes how a key is made
 
 
 @dataclass(frozen=True)
@@ -78,16 +55,19 @@ class BuildPlan:
     config: BuildConfig
     profiles: tuple[InputProfile, ...]
     environment: Environment
-    pin_rules: tuple[PinRule, ...] = field(default=())
 
     @property
     def precision_mode(self) -> str:
-        """How precision is decided: from the graph (strongly typed) or by builder flags."""
-        if self.config.strongly_typed or self.graph_precision != "fp32":
-            return f"strongly typed: precision from the graph ({self.graph_precision})"
-        if self.config.precision == "fp32":
-            return "fp32 everywhere (TF32 off)"
-        return f"{self.config.precision} with fp32-pinned layers (obey precision constraints)"
+        """How precision is decided: always by the graph (strongly typed), never by builder flags."""
+        if self.graph_precision == "fp32":
+            return f"strongly typed: fp32 from the graph {self.onnx_file} (TF32 off)"
+        return (f"strongly typed: {self.graph_precision} with fp32 islands from the {self.graph_precision} "
+                f"variant graph {self.onnx_file} (TF32 off)")
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The Python modules that can load the plan, preferred first (recorded in the engine metadata)."""
+        return trt_runtime.plan_runtimes(self.environment.target, self.config.version_compatible)
 
     @property
     def key(self) -> str:
@@ -103,7 +83,6 @@ class BuildPlan:
             "graph_precision": self.graph_precision,
             "options": self.config.options(),
             "profiles": {p.name: p.as_dict() for p in self.profiles},
-            "pinned_fp32": [f"{r.name}:{r.match}" for r in self.pin_rules],
             "environment": self.environment.as_dict(),
         }
 
@@ -118,7 +97,7 @@ class BuildPlan:
             "options": self.config.options(),
             "precision_mode": self.precision_mode,
             "profiles": {p.name: p.as_dict() for p in self.profiles},
-            "pinned_fp32": [{"rule": r.name, "match": r.match, "why": r.why} for r in self.pin_rules],
+            "runtimes": self.runtimes,
             "environment": self.environment.as_dict(),
             "cache_key": self.key,
         }
@@ -127,21 +106,18 @@ class BuildPlan:
 def make_plan(graph: dict, config: BuildConfig, environment: Environment, logical: dict | None = None) -> BuildPlan:
     """The plan for one manifest graph; raises InputError for overrides the manifest does not allow.
 
-    ``logical`` is the graph the runtime opens when ``graph`` is its fp16 variant (strongly typed builds).
+    ``logical`` is the graph the runtime opens when ``graph`` is its fp16 (or bf16) variant.
     """
     logical = logical or graph
-    graph_precision = graph.get("precision", "fp32")
-    weakly_typed_reduced = not config.strongly_typed and graph_precision == "fp32" and config.precision != "fp32"
     return BuildPlan(
         graph_name=logical["name"],
         onnx_file=graph["file"],
         onnx_sha256=graph["sha256"],
         source_sha256=logical["sha256"],
-        graph_precision=graph_precision,
+        graph_precision=graph.get("precision", "fp32"),
         config=config,
         profiles=tuple(derive_profiles(graph, config)),
         environment=environment,
-        pin_rules=PIN_RULES if weakly_typed_reduced else (),
     )
 
 
@@ -153,7 +129,7 @@ def cache_key(plan: BuildPlan) -> str:
     """A directory name that changes whenever anything that makes engines differ changes.
 
     Readable prefix (GPU, TensorRT, precision, graph) for people listing ``engines/``; the hash
-    covers everything: ONNX hash, options, profiles, pinned rules, TensorRT version, GPU.
+    covers everything: ONNX hash, options, profiles, TensorRT version, GPU.
     """
     digest = hashlib.sha256(json.dumps(plan.key_payload(), sort_keys=True).encode()).hexdigest()[:16]
     env = plan.environment
@@ -166,7 +142,7 @@ def format_plan(plan: BuildPlan, bundle: str) -> str:
     """The plan as the text `depthrt build --plan-only` prints."""
     env = plan.environment
     lines = [
-        f"graph {plan.graph_name} ({plan.onnx_file}, sha256 {plan.onnx_sha256[:12]}...)",
+        f"graph {plan.graph_name}: builds from {plan.onnx_file} (sha256 {plan.onnx_sha256[:12]}...)",
         f"  target      {env.target} (TensorRT {env.tensorrt_version or 'not installed here'})",
         "  device      " + (f"{env.gpu_name} (compute capability {env.compute_capability})" if env.gpu_name
                              else "any RTX GPU (JIT-compiled at load)" if env.target == "trt-rtx"
@@ -177,9 +153,6 @@ def format_plan(plan: BuildPlan, bundle: str) -> str:
     for p in plan.profiles:
         shapes = " / ".join("x".join(map(str, s)) for s in (p.min, p.opt, p.max))
         lines.append(f"    {p.name}: {shapes}")
-    if plan.pin_rules:
-        lines.append("  fp32 layers")
-        lines += [f"    {r.name}: {r.match} ({r.why})" for r in plan.pin_rules]
     options = plan.config
     lines += [
         f"  opt level   {options.opt_level}",
@@ -187,5 +160,7 @@ def format_plan(plan: BuildPlan, bundle: str) -> str:
         + (" MiB" if options.workspace_mib else ""),
         f"  cache key   {plan.key}",
         f"  plan file   {bundle}/engines/{plan.key}/{plan.graph_name}.plan",
+        f"  loads with  {' or '.join(plan.runtimes)}"
+        + (" (version compatible, no embedded lean runtime)" if options.version_compatible else ""),
     ]
     return "\n".join(lines)

@@ -1,9 +1,12 @@
-"""ONNX -> serialized TensorRT plan, with the TensorRT Python API as documented for TensorRT 10.
+"""ONNX -> serialized TensorRT plan: strongly typed, with the calls TensorRT 10, TensorRT 11 and TensorRT-RTX share.
 
 Both targets share one API: full TensorRT (``import tensorrt``) and TensorRT for RTX (``import
-tensorrt_rtx_bindings``). Each function binds ``trt`` to the module of the plan's target; under
-``TYPE_CHECKING`` it is ``tensorrt`` so mypy checks every call against tensorrt-stubs (a call
-TensorRT 10 removed, such as ``Builder.build_engine``, fails the type check).
+tensorrt_rtx_bindings``). Each function binds ``trt`` to the module of the plan's target. The precision
+is the ONNX graph's (the fp32 graph, or the bundle's fp16 variant with its fp32 islands): no weak-typing
+flag (``BuilderFlag.FP16``/``BF16``/``INT8``, precision constraints) and no per-layer precision, which
+TensorRT 11 removed. tests/engines/test_trt_api.py checks every TensorRT name used here against
+TensorRT 11's and TensorRT-RTX's real bindings; under ``TYPE_CHECKING`` ``trt`` is ``tensorrt`` so
+mypy also checks call signatures against the 10.x stubs (scripts/typecheck-trt).
 """
 
 from __future__ import annotations
@@ -11,18 +14,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from depthrt.backends.trt import load_tensorrt
 from depthrt.errors import BackendError, BundleError
 
-from .plan import HEAD_PATTERN, BuildPlan
-
-if TYPE_CHECKING:
-    import tensorrt
-
-T = TypeVar("T")
-
+from .plan import BuildPlan
 
 @dataclass
 class BuildResult:
@@ -38,8 +35,9 @@ def _module(target: str) -> Any:
     if module is None:
         from depthrt.backends.trt import _PIP
 
-        raise BackendError(f"building a {target} engine needs {'TensorRT 10' if target == 'trt' else 'TensorRT for RTX'}"
-                           f", which is not installed here: {_PIP[target]} (or inspect the plan with --plan-only)")
+        what = "full TensorRT (its builder; the lean runtime cannot build)" if target == "trt" else "TensorRT for RTX"
+        raise BackendError(f"building a {target} engine needs {what}, which is not installed here: {_PIP[target]} "
+                           "(or inspect the plan with --plan-only)")
     return module
 
 
@@ -76,78 +74,16 @@ def _make_monitor(target: str, stream: Any) -> Any:
     return Monitor()
 
 
-def _downcast(layer: Any, cls: type[T]) -> T:
-    """The documented Python idiom to reach a layer's subclass attributes (``get_layer`` gives ILayer)."""
-    layer.__class__ = cls
-    return layer  # type: ignore[no-any-return]
-
-
-def pin_fp32_layers(network: "tensorrt.INetworkDefinition", plan: BuildPlan) -> dict[str, int]:
-    """Keep the plan's overflow-prone layers in fp32; return how many layers each rule pinned."""
-    if TYPE_CHECKING:
-        import tensorrt as trt
-    else:
-        trt = _module(plan.environment.target)
-    rules = {r.name for r in plan.pin_rules}
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
-    consumers: dict[str, list[tensorrt.ILayer]] = {}
-    for layer in layers:
-        for i in range(layer.num_inputs):
-            tensor = layer.get_input(i)
-            if tensor is not None:
-                consumers.setdefault(tensor.name, []).append(layer)
-    passthrough = (trt.LayerType.ELEMENTWISE, trt.LayerType.SHUFFLE, trt.LayerType.SCALE)
-
-    def feeds_softmax(layer: tensorrt.ILayer, depth: int = 3) -> bool:
-        # Q.K^T reaches the SoftMax through a scale (Mul/Div) and maybe a mask Add or a reshape.
-        for i in range(layer.num_outputs):
-            for nxt in consumers.get(layer.get_output(i).name, []):
-                if nxt.type == trt.LayerType.SOFTMAX:
-                    return True
-                if depth > 0 and nxt.type in passthrough and feeds_softmax(nxt, depth - 1):
-                    return True
-        return False
-
-    def statistic(layer: tensorrt.ILayer) -> bool:
-        if layer.type == trt.LayerType.REDUCE:
-            return True
-        if layer.type == trt.LayerType.ELEMENTWISE:
-            return _downcast(layer, trt.IElementWiseLayer).op == trt.ElementWiseOperation.POW
-        if layer.type == trt.LayerType.UNARY:
-            return _downcast(layer, trt.IUnaryLayer).op == trt.UnaryOperation.SQRT
-        return False
-
-    floats = (trt.float32, trt.float16, trt.bfloat16)
-    counts = dict.fromkeys(sorted(rules), 0)
-    for layer in layers:
-        kind = layer.type
-        matched = None
-        if "normalization" in rules and kind == trt.LayerType.NORMALIZATION:
-            matched = "normalization"
-        elif "softmax" in rules and kind == trt.LayerType.SOFTMAX:
-            matched = "softmax"
-        elif "decomposed-norm" in rules and statistic(layer):
-            matched = "decomposed-norm"
-        elif "attention-scores" in rules and kind == trt.LayerType.MATRIX_MULTIPLY and feeds_softmax(layer):
-            matched = "attention-scores"
-        elif "head" in rules and HEAD_PATTERN.search(layer.name or ""):
-            matched = "head"
-        # Only float-valued layers take a precision: shape arithmetic and constants stay as they are.
-        if matched is None or not all(layer.get_output_type(i) in floats for i in range(layer.num_outputs)):
-            continue
-        layer.precision = trt.float32
-        for i in range(layer.num_outputs):
-            layer.set_output_type(i, trt.float32)
-        counts[matched] += 1
-    return counts
+def _network_flags(trt: Any, target: str) -> int:
+    """Strongly typed: every tensor keeps the graph's type. TensorRT 10 and TensorRT-RTX opt in with the
+    flag; TensorRT 11 networks are always strongly typed (the flag is deprecated there and ignored)."""
+    if target == "trt" and int(str(trt.__version__).split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def _parse(trt: Any, builder: Any, logger: Any, plan: BuildPlan, onnx_path: Path) -> tuple[Any, Any]:
-    flags = 0
-    if plan.config.strongly_typed or plan.graph_precision != "fp32":
-        # Strongly typed: each tensor keeps the graph's type (TensorRT-RTX builds only these).
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(_network_flags(trt, plan.environment.target))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the file: external weights resolve beside it
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -168,19 +104,13 @@ def build_serialized(plan: BuildPlan, onnx_path: Path, timing_cache: bytes = b""
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, plan, onnx_path)  # the parser must outlive the build
     config = builder.create_builder_config()
-
-    pinned: dict[str, int] = {}
-    if not network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED):
-        if plan.config.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif plan.config.precision == "bf16":
-            config.set_flag(trt.BuilderFlag.BF16)
-        else:
-            config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 matmuls lose parity
-        if plan.pin_rules:
-            # Without this flag TensorRT may still pick fp16 kernels for layers we asked to keep fp32.
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            pinned = pin_fp32_layers(network, plan)
+    # fp32 means fp32, in the fp32 graph and in a variant's fp32 islands: TF32 matmuls lose parity.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if plan.config.version_compatible:
+        # Loadable by TensorRT's lean runtime (tensorrt_lean) of this version. The lean runtime is not
+        # embedded in the plan: the runtime that loads it is the lean runtime (or full TensorRT) itself.
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
 
     profile = builder.create_optimization_profile()
     for p in plan.profiles:
@@ -206,8 +136,7 @@ def build_serialized(plan: BuildPlan, onnx_path: Path, timing_cache: bytes = b""
         raise BackendError(f"TensorRT could not build graph '{plan.graph_name}' (see its messages above); try "
                            "a larger --workspace, a narrower profile (--min/--max), or --precision fp32")
     updated = bytes(memoryview(config.get_timing_cache().serialize())) if cache is not None else None
-    details = {"pinned_fp32_layers": pinned, "layers": network.num_layers,
-               "tensorrt_version": str(trt.__version__)}
+    details = {"layers": network.num_layers, "tensorrt_version": str(trt.__version__)}
     return BuildResult(bytes(memoryview(serialized)), updated, details)
 
 

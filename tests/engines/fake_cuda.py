@@ -3,7 +3,7 @@
 "Device" memory is host memory (ctypes buffers addressed by their real addresses), and the "engine"
 computes its output from whatever its input address holds: the runner's buffer, copy, shape,
 stream-capture and graph-replay logic runs for real, with the same call signatures and return
-tuples as cuda-python (`(err, *values)`) and TensorRT 10 (`set_input_shape`, `set_tensor_address`,
+tuples as cuda-python (`(err, *values)`) and TensorRT 11 (`set_input_shape`, `set_tensor_address`,
 `execute_async_v3`). A captured graph replays the operations recorded during capture, so a graph
 that captured the wrong buffers gives wrong numbers.
 """
@@ -177,7 +177,7 @@ class FakeTensorRT:
         INPUT = 1
         OUTPUT = 2
 
-    __version__ = "10.13.0.35"
+    __version__ = "11.4.0.106"
 
     def __init__(self, cuda: FakeCudart, fail_execute: bool = False):
         self.cuda, self.fail_execute = cuda, fail_execute

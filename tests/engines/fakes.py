@@ -14,10 +14,11 @@ import pytest
 
 from depthrt_engines.plan import Environment
 
-GPU_ENV = Environment("trt", "10.13.0.35", "NVIDIA H200", "9.0")
+GPU_ENV = Environment("trt", "11.4.0.106", "NVIDIA H200", "9.0")
 
 
-def write_fake_bundle(root: Path, onnx: bytes = b"not really onnx, never parsed") -> Path:
+def write_fake_bundle(root: Path, onnx: bytes = b"not really onnx, never parsed", fp16: bool = True) -> Path:
+    """A one-graph bundle; ``fp16`` adds the graph's fp16 variant (what ``--precision fp16`` builds)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "model.onnx").write_bytes(onnx)
     graph = {
@@ -29,11 +30,17 @@ def write_fake_bundle(root: Path, onnx: bytes = b"not really onnx, never parsed"
                     "height": {"min": 126, "opt": 518, "max": 2072, "multiple_of": 14},
                     "width": {"min": 126, "opt": 518, "max": 2072, "multiple_of": 14}},
     }
+    graphs = [graph]
+    if fp16:
+        half = b"fp16 " + onnx
+        (root / "model.fp16.onnx").write_bytes(half)
+        graphs.append(dict(graph, file="model.fp16.onnx", sha256=hashlib.sha256(half).hexdigest(), bytes=len(half),
+                           precision="fp16", fp32_islands={"nodes": 0, "op_types": [], "scopes": []}))
     manifest = {
         "schema_version": 1,
         "model": {"name": "fake", "family": "depth_anything", "architecture": "Fake"},
         "output": {"kind": "relative_inverse_depth", "units": "relative"},
-        "graphs": [graph], "preprocessing": {}, "postprocessing": {},
+        "graphs": graphs, "preprocessing": {}, "postprocessing": {},
         "source": {"id": "fake", "files": [], "untrained": True}, "tools": {}, "parity": None,
     }
     (root / "manifest.json").write_text(json.dumps(manifest))

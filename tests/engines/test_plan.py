@@ -8,12 +8,13 @@ import subprocess
 import sys
 
 import pytest
-from fakes import GPU_ENV, fake_bundle  # noqa: F401  (fake_bundle is a fixture)
+from fakes import GPU_ENV, fake_bundle, write_fake_bundle  # noqa: F401  (fake_bundle is a fixture)
 
 from depthrt.errors import InputError
 from depthrt.manifest import read_manifest
 from depthrt_engines.config import BuildConfig, Range, parse_batch, parse_hw
-from depthrt_engines.plan import cache_key, make_plan
+from depthrt_engines.build import make_plans
+from depthrt_engines.plan import cache_key, format_plan, make_plan
 from depthrt_engines.profiles import derive_profiles
 
 SIZES = {"min": (266, 266), "opt": (518, 518), "max": (1036, 1036)}
@@ -72,7 +73,8 @@ def test_cache_key_changes_with_every_input(fake_bundle):
         "opt level": (graph, dataclasses.replace(base_config, opt_level=5), GPU_ENV),
         "workspace": (graph, dataclasses.replace(base_config, workspace_mib=2048), GPU_ENV),
         "target": (graph, dataclasses.replace(base_config, target="trt-rtx", precision="fp32"), GPU_ENV),
-        "tensorrt": (graph, base_config, dataclasses.replace(GPU_ENV, tensorrt_version="10.14.1.48")),
+        "tensorrt": (graph, base_config, dataclasses.replace(GPU_ENV, tensorrt_version="11.3.0.10")),
+        "version compatible": (graph, dataclasses.replace(base_config, version_compatible=True), GPU_ENV),
         "gpu": (graph, base_config, dataclasses.replace(GPU_ENV, gpu_name="NVIDIA H100 80GB HBM3")),
         "capability": (graph, base_config, dataclasses.replace(GPU_ENV, compute_capability="8.9")),
     }
@@ -81,13 +83,36 @@ def test_cache_key_changes_with_every_input(fake_bundle):
     assert len(set(keys.values())) == len(keys)
 
 
-def test_fp16_pins_overflow_prone_layers_and_fp32_or_strongly_typed_do_not(fake_bundle):
-    graph = _graph(fake_bundle)
-    fp16 = make_plan(graph, BuildConfig(precision="fp16"), GPU_ENV)
-    assert {r.name for r in fp16.pin_rules} >= {"normalization", "softmax", "attention-scores", "head"}
-    assert make_plan(graph, BuildConfig(), GPU_ENV).pin_rules == ()
-    rtx = make_plan(graph, BuildConfig(target="trt-rtx"), GPU_ENV)
-    assert rtx.pin_rules == () and "strongly typed" in rtx.precision_mode
+@pytest.mark.parametrize("target", ["trt", "trt-rtx"])
+def test_every_plan_is_strongly_typed_from_the_graph_of_its_precision(fake_bundle, target):
+    fp16, = make_plans(fake_bundle, BuildConfig(precision="fp16", target=target), GPU_ENV)
+    assert (fp16.graph_name, fp16.onnx_file, fp16.graph_precision) == ("model", "model.fp16.onnx", "fp16")
+    assert fp16.source_sha256 == _graph(fake_bundle)["sha256"]  # the runtime matches it to the fp32 graph it opens
+    fp32, = make_plans(fake_bundle, BuildConfig(target=target), GPU_ENV)
+    assert (fp32.onnx_file, fp32.graph_precision) == ("model.onnx", "fp32")
+    for plan in (fp16, fp32):
+        assert plan.precision_mode.startswith("strongly typed") and plan.onnx_file in plan.precision_mode
+        assert "pinned" not in json.dumps(plan.to_dict())
+
+
+def test_reduced_precision_without_its_variant_names_the_command_that_makes_it(tmp_path):
+    bundle = write_fake_bundle(tmp_path / "no-fp16", fp16=False)
+    with pytest.raises(InputError) as err:
+        make_plans(bundle, BuildConfig(precision="fp16"), GPU_ENV)
+    assert "graph 'model' has none" in str(err.value)
+    assert f"`python -m depthrt_export.fp16 {bundle}`" in str(err.value)
+    with pytest.raises(InputError, match="no bf16 variants; build with --precision fp16 or fp32"):
+        make_plans(bundle, BuildConfig(precision="bf16"), GPU_ENV)
+
+
+def test_version_compatible_plans_load_in_the_lean_runtime_and_change_the_key(fake_bundle):
+    plain, = make_plans(fake_bundle, BuildConfig(precision="fp16"), GPU_ENV)
+    compatible, = make_plans(fake_bundle, BuildConfig(precision="fp16", version_compatible=True), GPU_ENV)
+    assert plain.runtimes == ["tensorrt"] and compatible.runtimes == ["tensorrt_lean", "tensorrt"]
+    assert plain.key != compatible.key and "--version-compatible" in compatible.config.command_args()
+    assert "loads with  tensorrt_lean or tensorrt" in format_plan(compatible, "B")
+    with pytest.raises(InputError, match="--version-compatible is for --target trt"):
+        BuildConfig(target="trt-rtx", version_compatible=True)
 
 
 def test_plan_only_prints_profiles_and_key_without_tensorrt(fake_bundle, tmp_path):
@@ -106,4 +131,8 @@ def test_plan_only_prints_profiles_and_key_without_tensorrt(fake_bundle, tmp_pat
     (plan,) = data["plans"]
     assert plan["cache_key"] in result.stdout and f"cache key   {plan['cache_key']}" in result.stdout
     assert plan["profiles"]["pixel_values"]["max"] == [8, 3, 1036, 1036]
-    assert {p["rule"] for p in plan["pinned_fp32"]} >= {"normalization", "softmax"}
+    assert plan["onnx_file"] == "model.fp16.onnx" and plan["runtimes"] == ["tensorrt"]
+    assert "graph model: builds from model.fp16.onnx" in result.stdout
+    assert "precision   fp16: strongly typed: fp16 with fp32 islands from the fp16 variant graph model.fp16.onnx" \
+        in result.stdout
+    assert "obey" not in result.stdout and "pinned" not in result.stdout

@@ -1,6 +1,6 @@
 """TrtRunner's buffers, copies, CUDA-graph capture and replay, run against fake CUDA and TensorRT runtimes.
 
-The fakes (fake_cuda.py) keep cuda-python's and TensorRT 10's call signatures; "device" memory is host
+The fakes (fake_cuda.py) keep cuda-python's and TensorRT 11's call signatures; "device" memory is host
 memory and the fake engine computes depth = 2 * mean over channels from whatever its input address
 holds, so wrong buffers, stale staging or a graph replaying the wrong addresses all give wrong numbers.
 """
@@ -27,20 +27,23 @@ META = {"plan": {"profiles": PROFILES}}
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    state = {"cuda": FakeCudart()}
+    state = {"cuda": FakeCudart(), "installed": {"tensorrt", "tensorrt_lean"}}
     state["trt"] = FakeTensorRT(state["cuda"])
     monkeypatch.setattr(trt_backend, "_cudart", lambda: state["cuda"])
-    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda target="trt": state["trt"])
+    monkeypatch.setattr(trt_backend, "load_runtime", lambda name: state["trt"] if name in state["installed"] else None)
+    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda target="trt": state["trt"])  # gpu_check asks for it
     monkeypatch.setattr(trt_backend, "query_gpu", lambda: (GPU_ENV.gpu_name, GPU_ENV.compute_capability))
     plan = tmp_path / "model.plan"
     plan.write_bytes(PLAN_MAGIC + b"engine")
 
     def make(**options):
+        state["installed"] = options.pop("installed", state["installed"])
         if options:
             state["cuda"] = FakeCudart(refuse_capture=options.get("refuse_capture", False))
             state["trt"] = FakeTensorRT(state["cuda"], fail_execute=options.get("fail_execute", False))
         return trt_backend.TrtRunner(plan, META, "trt", "depthrt build B"), state["cuda"]
 
+    make.state = state
     return make, plan
 
 
@@ -143,6 +146,23 @@ def test_open_runner_finds_the_built_engine_and_runs_it(fake, fake_bundle):
     np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="outside the engine's profile"):
         runner.run({"pixel_values": _input((1, 3, 140, 140), 0)})
+
+
+def test_trt_backend_runs_version_compatible_plans_on_the_lean_runtime_alone(fake, fake_bundle):
+    make, _ = fake
+    make.state["installed"] = {"tensorrt_lean"}  # `pip install 'depthrt[trt-lean]'`: no full TensorRT
+    sizes = {"min": (266, 266), "opt": (518, 518), "max": (1036, 1036)}
+    build_bundle(fake_bundle, BuildConfig(precision="fp16", sizes=sizes), fake_builder, environment=GPU_ENV,
+                 progress=False, use_timing_cache=False)
+    graph = read_manifest(fake_bundle)["graphs"][0]
+    with pytest.raises(BackendError, match="built without --version-compatible.*--version-compatible`"):
+        trt_backend.open_runner(fake_bundle, graph, "trt", "fp16", None)
+    build_bundle(fake_bundle, BuildConfig(precision="fp16", sizes=sizes, version_compatible=True), fake_builder,
+                 environment=GPU_ENV, progress=False, use_timing_cache=False)
+    runner = trt_backend.open_runner(fake_bundle, graph, "trt", "fp16", None)
+    assert runner.runtime == "tensorrt_lean"
+    x = _input((1, 3, 266, 280), 0)
+    np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5, atol=1e-6)
 
 
 def test_engine_time_runs_the_engine_alone_between_events(fake):

@@ -1,10 +1,14 @@
-"""TensorRT backends: ``trt`` (full TensorRT 10) and ``trt-rtx`` (TensorRT for RTX GPUs).
+"""TensorRT backends: ``trt`` (TensorRT 10 or 11, or its lean runtime) and ``trt-rtx`` (TensorRT for RTX GPUs).
 
 Plans come from `depthrt build` and sit in ``BUNDLE/engines/<key>/<graph>.plan`` with their
 metadata beside them in ``<graph>.plan.json`` (so ``trtexec`` can still read the plan). The
-metadata is checked before TensorRT sees the plan: another GPU or TensorRT version, a re-exported
-graph, or a truncated or replaced plan each fail with a message naming the `depthrt build` command
-to run. The runner binds tensors by name, runs ``execute_async_v3`` on its own CUDA stream with
+metadata records which Python modules can load the plan (``plan.runtimes``): ``tensorrt`` (full
+TensorRT), ``tensorrt_lean`` (TensorRT's lean runtime, ~44 MB, no builder: only plans built with
+``--version-compatible``) or ``tensorrt_rtx``. The ``trt`` backend loads a plan through whichever
+of them is installed, the lean runtime first when the plan allows it. The metadata is checked before
+TensorRT sees the plan: another GPU or TensorRT version, a plan this runtime cannot load, a
+re-exported graph, or a truncated or replaced plan each fail with a message naming what to run.
+The runner binds tensors by name, runs ``execute_async_v3`` on its own CUDA stream with
 device buffers allocated once per input shape, stages through pinned host memory, and replays a
 captured CUDA graph when a shape repeats. Device arrays (``__cuda_array_interface__``) go in by one
 device-to-device copy and come back as :class:`~depthrt.backends.DeviceArray` (no host copies).
@@ -21,6 +25,7 @@ import json
 import logging
 import shlex
 import subprocess
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,32 +39,63 @@ log = logging.getLogger("depthrt")
 
 ENGINES_DIR = "engines"
 METADATA_FORMAT = "depthrt-engine"
-METADATA_VERSION = 1
-# Import names per target. `tensorrt_rtx_bindings` is what the pip wheels install (the
-# `tensorrt-rtx` meta package is a stub); `tensorrt_rtx` is the name in NVIDIA's own wheels.
-_IMPORTS = {"trt": ("tensorrt",), "trt-rtx": ("tensorrt_rtx_bindings", "tensorrt_rtx")}
+METADATA_VERSION = 2  # 2: strongly typed plans; plan.runtimes says which modules load the plan
+# The modules that load plans (the names engine metadata records), with their import names.
+# `tensorrt_rtx_bindings` is what the pip wheels install (the `tensorrt-rtx` meta package is a stub);
+# `tensorrt_rtx` is the name in NVIDIA's own wheels.
+FULL, LEAN, RTX = "tensorrt", "tensorrt_lean", "tensorrt_rtx"
+_RUNTIME_IMPORTS = {FULL: ("tensorrt",), LEAN: ("tensorrt_lean",), RTX: ("tensorrt_rtx_bindings", "tensorrt_rtx")}
+_TARGET_RUNTIMES = {"trt": (FULL, LEAN), "trt-rtx": (RTX,)}  # what can run a target's plans
+_IMPORTS = {"trt": _RUNTIME_IMPORTS[FULL], "trt-rtx": _RUNTIME_IMPORTS[RTX]}  # the builders
 _DISTRIBUTIONS = {
     "trt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"),
     "trt-rtx": ("tensorrt-rtx-cu13-bindings", "tensorrt-rtx-cu12-bindings", "tensorrt-rtx"),
 }
-_PIP = {"trt": "pip install tensorrt-cu12 cuda-python",
+_PIP = {"trt": "pip install 'depthrt[trt]' (tensorrt-cu13 and cuda-python)",
+        "trt-lean": "pip install 'depthrt[trt-lean]' (tensorrt-lean-cu13 and cuda-python)",
         "trt-rtx": "pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs cuda-python"}
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 _MAX_SHAPES = 4  # shapes whose buffers and CUDA graphs stay allocated at once
 
 
-def load_tensorrt(target: str = "trt") -> Any | None:
-    """The TensorRT module for ``target``, or None when it is not installed."""
-    for name in _IMPORTS[target]:
+def _import(names: tuple[str, ...], needs: tuple[str, ...]) -> Any | None:
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
         # `pip install tensorrt-stubs` leaves a `tensorrt/` folder of .pyi files only; Python imports it
         # as an empty namespace package, which is not TensorRT.
-        if hasattr(module, "Builder") and hasattr(module, "Runtime"):
+        if all(hasattr(module, attr) for attr in needs):
             return module
     return None
+
+
+def load_tensorrt(target: str = "trt") -> Any | None:
+    """The TensorRT module that *builds* ``target``'s plans (it has a Builder), or None when not installed."""
+    return _import(_IMPORTS[target], ("Builder", "Runtime"))
+
+
+def load_runtime(name: str) -> Any | None:
+    """The module ``name`` (FULL, LEAN or RTX) when it is installed and can load plans, else None."""
+    return _import(_RUNTIME_IMPORTS[name], ("Runtime",))
+
+
+def plan_runtimes(target: str, version_compatible: bool) -> list[str]:
+    """The modules that can load a plan, preferred first: the lean runtime only loads version-compatible plans."""
+    if target == "trt-rtx":
+        return [RTX]
+    return [LEAN, FULL] if version_compatible else [FULL]
+
+
+def installed_runtimes(target: str) -> dict[str, str]:
+    """{module name: version} of the modules installed here that can run ``target``'s plans."""
+    found = {}
+    for name in _TARGET_RUNTIMES[target]:
+        module = load_runtime(name)
+        if module is not None:
+            found[name] = str(module.__version__)
+    return found
 
 
 def tensorrt_version(target: str = "trt", load: bool = False) -> str | None:
@@ -107,10 +143,12 @@ def query_gpu() -> tuple[str, str] | None:
 
 def unavailable(backend: str) -> str | None:
     target = backend
-    if load_tensorrt(target) is None:
-        what = "TensorRT 10" if target == "trt" else "TensorRT for RTX"
-        return (f"backend {backend} needs {what}, which is not installed here ({_PIP[target]}); then build "
-                f"an engine with `depthrt build BUNDLE{' --target trt-rtx' if target == 'trt-rtx' else ''}`")
+    if not installed_runtimes(target):
+        if target == "trt":
+            return (f"backend trt needs TensorRT or its lean runtime, and neither is installed here ({_PIP['trt']}; "
+                    f"or the runtime only: {_PIP['trt-lean']}); then build an engine with `depthrt build BUNDLE`")
+        return (f"backend trt-rtx needs TensorRT for RTX, which is not installed here ({_PIP['trt-rtx']}); then "
+                "build an engine with `depthrt build BUNDLE --target trt-rtx`")
     if _cudart() is None:
         return f"backend {backend} needs cuda-python for its CUDA stream and buffers: pip install cuda-python"
     gpu = query_gpu()
@@ -127,11 +165,31 @@ def build_command(bundle: Path, meta: dict) -> str:
     return shlex.join(["depthrt", "build", str(bundle), *meta.get("build_args", [])])
 
 
-def _environment_mismatch(meta: dict, target: str, version: str | None, gpu: tuple[str, str] | None) -> str | None:
+def runtime_for(meta: dict, target: str, installed: dict[str, str]) -> tuple[str | None, str | None]:
+    """(module that loads the plan, None) or (None, why none here can)."""
+    plan = meta["plan"]
+    runtimes = plan.get("runtimes") or [FULL if target == "trt" else RTX]  # format 1 had no list
+    usable = [name for name in runtimes if name in installed]
+    if not usable:
+        if LEAN in installed and LEAN not in runtimes:
+            return None, ("the engine was built without --version-compatible, and TensorRT's lean runtime, the only "
+                          "TensorRT here, loads only version-compatible plans")
+        return None, f"the engine loads with {' or '.join(runtimes)}, which is not installed here"
+    return usable[0], None
+
+
+_NAMES = {FULL: "TensorRT", LEAN: "TensorRT's lean runtime", RTX: "TensorRT-RTX"}
+
+
+def _environment_mismatch(meta: dict, target: str, runtime: str, version: str,
+                          gpu: tuple[str, str] | None) -> str | None:
     env = meta["plan"]["environment"]
-    what = "TensorRT" if target == "trt" else "TensorRT-RTX"
+    # A plan loads only in the TensorRT release that built it (a version-compatible plan without an
+    # embedded lean runtime too: it needs the lean runtime of its own version).
     if env["tensorrt_version"] != version:
-        return f"the engine was built with {what} {env['tensorrt_version']}, and this machine has {what} {version}"
+        built = "TensorRT" if target == "trt" else "TensorRT-RTX"
+        return (f"the engine was built with {built} {env['tensorrt_version']}, and this machine has "
+                f"{_NAMES[runtime]} {version}")
     if target == "trt" and gpu is not None and (env["gpu_name"], env["compute_capability"]) != tuple(gpu):
         return (f"the engine was built for {env['gpu_name']} (compute capability {env['compute_capability']}), "
                 f"and this GPU is {gpu[0]} (compute capability {gpu[1]})")
@@ -141,9 +199,15 @@ def _environment_mismatch(meta: dict, target: str, version: str | None, gpu: tup
     return None
 
 
-def find_engine(bundle: Path, graph: dict, target: str, precision: str, version: str | None,
+def find_engine(bundle: Path, graph: dict, target: str, precision: str, version: str | Mapping[str, str] | None,
                 gpu: tuple[str, str] | None) -> tuple[Path, dict]:
-    """The plan (and its metadata) for ``graph`` that this machine can run; pure file checks, no TensorRT."""
+    """The plan (and its metadata) for ``graph`` that this machine can run; pure file checks, no TensorRT.
+
+    ``version``: the runtimes installed here (``{module: version}``, as :func:`installed_runtimes` gives),
+    or the version of the target's full runtime alone.
+    """
+    installed = dict(version) if isinstance(version, Mapping) else \
+        {} if version is None else {_TARGET_RUNTIMES[target][0]: version}
     candidates = []
     for meta_path in sorted((bundle / ENGINES_DIR).glob(f"*/{graph['name']}.plan.json")):
         try:
@@ -169,11 +233,18 @@ def find_engine(bundle: Path, graph: dict, target: str, precision: str, version:
     reasons = []
     # Newest first: after a rebuild with other options, the engine the user just built is the one used.
     for meta_path, meta in sorted(same_precision, key=lambda c: str(c[1].get("created", "")), reverse=True):
-        reason = _environment_mismatch(meta, target, version, gpu)
+        runtime, reason = runtime_for(meta, target, installed)
+        if runtime is not None:
+            reason = _environment_mismatch(meta, target, runtime, installed[runtime], gpu)
         if reason is None:
             return _checked_plan(meta_path, meta, bundle), meta
-        reasons.append((reason, meta))
-    reason, meta = reasons[0]
+        reasons.append((reason, meta, runtime))
+    reason, meta, runtime = reasons[0]
+    if runtime is None and LEAN in installed:  # the lean runtime here, and a plan it cannot load
+        args = meta.get("build_args", [])
+        command = build_command(bundle, {"build_args": [*args, "--version-compatible"]})
+        raise BackendError(f"{reason}: rebuild it with `{command}` where full TensorRT and this GPU are, or "
+                           f"install full TensorRT here: {_PIP['trt']}")
     raise BackendError(f"{reason}: rebuild the engine on this machine with `{build_command(bundle, meta)}`")
 
 
@@ -211,8 +282,10 @@ def open_runner(bundle: Path, graph: dict, backend: str, precision: str, threads
     reason = unavailable(backend)
     if reason is not None:
         raise BackendError(reason)
-    plan, meta = find_engine(bundle, graph, backend, precision, tensorrt_version(backend, load=True), query_gpu())
-    return TrtRunner(plan, meta, backend, build_command(bundle, meta))
+    installed = installed_runtimes(backend)
+    plan, meta = find_engine(bundle, graph, backend, precision, installed, query_gpu())
+    runtime, _ = runtime_for(meta, backend, installed)
+    return TrtRunner(plan, meta, backend, build_command(bundle, meta), runtime=runtime)
 
 
 class _Cuda:
@@ -269,20 +342,21 @@ class _DeviceOutput:
 class TrtRunner:
     """One TensorRT plan, run by tensor name on an explicit stream."""
 
-    def __init__(self, plan: Path, meta: dict, backend: str, rebuild: str):
+    def __init__(self, plan: Path, meta: dict, backend: str, rebuild: str, runtime: str | None = None):
         self.name, self.meta = backend, meta
         self.profiles = meta["plan"]["profiles"]
+        self.runtime = runtime or (FULL if backend == "trt" else RTX)  # the module that loads the plan
         if TYPE_CHECKING:  # mypy checks these calls against tensorrt-stubs (scripts/typecheck-trt)
             import tensorrt as trt
-        else:  # trt and trt-rtx share this API
-            trt = load_tensorrt(backend)
+        else:  # tensorrt, tensorrt_lean and tensorrt_rtx share this runtime API
+            trt = load_runtime(self.runtime)
         self.cuda = _Cuda()
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
-            raise BundleError(f"TensorRT could not load '{plan}': the file is damaged or was not built by this "
-                              f"TensorRT for this GPU; rebuild it with `{rebuild}`")
+            raise BundleError(f"{self.runtime} {trt.__version__} could not load '{plan}': the file is damaged or was "
+                              f"not built by this TensorRT for this GPU; rebuild it with `{rebuild}`")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
