@@ -1,4 +1,9 @@
-"""scripts/typecheck-trt: mypy with (patched) tensorrt-stubs catches calls TensorRT 10 does not have."""
+"""scripts/typecheck-trt: mypy with (patched) tensorrt-stubs catches calls TensorRT 10 does not have.
+
+The stubs are TensorRT 10.x: mypy checks our calls' signatures (arguments, keywords, return types) but
+cannot see what TensorRT 11 removed (BuilderFlag.FP16, OBEY_PRECISION_CONSTRAINTS, device_memory_size, ...):
+those type-check against 10.x. test_trt_api.py checks every name against TensorRT 11's real bindings.
+"""
 
 from __future__ import annotations
 
