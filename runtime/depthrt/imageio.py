@@ -24,7 +24,7 @@ from depthrt.errors import InputError, OutputError
 
 __all__ = ["read_image", "ensure_output_dir", "normalize", "colormap_lut", "to_controlnet",
            "write_depth_png16", "write_color_png", "write_npy", "write_controlnet_png",
-           "write_normals_png", "COLORMAPS", "DEPTH_KINDS"]
+           "write_normals_png", "normals_to_rgb", "COLORMAPS", "DEPTH_KINDS"]
 
 #: Depth-map kinds; the first is "larger = nearer", the others "larger = farther".
 DEPTH_KINDS = ("relative_inverse_depth", "metric_depth", "relative_depth")
@@ -388,8 +388,8 @@ def write_npy(path, array, *, overwrite: bool = False) -> Path:
     return _atomic_write(path, lambda f: np.save(f, a, allow_pickle=False), overwrite)
 
 
-def write_normals_png(path, normals, *, overwrite: bool = False) -> Path:
-    """Surface normals (H, W, 3) in [-1, 1] as 8-bit RGB, (n + 1) / 2 * 255.
+def normals_to_rgb(normals) -> np.ndarray:
+    """Surface normals (H, W, 3) in [-1, 1] as (H, W, 3) uint8 RGB, (n + 1) / 2 * 255.
 
     Values are clipped to [-1, 1]; NaN becomes 0 (mid-grey 128), the usual
     "no normal" colour.  The axis convention is the caller's (passed through).
@@ -399,4 +399,9 @@ def write_normals_png(path, normals, *, overwrite: bool = False) -> Path:
         raise InputError(f"normals map must be (H, W, 3), got shape {n.shape}; "
                          "this is a bug in the caller, please report it")
     n = np.clip(np.nan_to_num(n, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
-    return _write_png(path, np.rint((n + 1.0) * 0.5 * 255.0).astype(np.uint8), overwrite)
+    return np.rint((n + 1.0) * 0.5 * 255.0).astype(np.uint8)
+
+
+def write_normals_png(path, normals, *, overwrite: bool = False) -> Path:
+    """Surface normals (H, W, 3) in [-1, 1] as an 8-bit RGB PNG; see :func:`normals_to_rgb`."""
+    return _write_png(path, normals_to_rgb(normals), overwrite)

@@ -125,6 +125,8 @@ def normalize_normals(n: np.ndarray, axis: int = 1, eps: float = 1e-6) -> np.nda
 class DiffusionEstimator:
     """A latent-diffusion bundle on one backend. Create it with :func:`depthrt.load`."""
 
+    _on_step = None  # set by predict(progress=...) while it runs: called after each UNet call
+
     def __init__(self, bundle: Path, manifest: dict, backend: str, precision: str = "fp32",
                  threads: int | None = None):
         self.bundle = Path(bundle)
@@ -200,8 +202,11 @@ class DiffusionEstimator:
             feeds["encoder_hidden_states"] = np.repeat(self.text_embedding, b, axis=0)
         feeds.update(extra)
         run = self.runners["unet"].run
-        return np.concatenate([run({k: v[s] for k, v in feeds.items()})["model_output"]
-                               for s in self._chunks("unet", b)])
+        out = np.concatenate([run({k: v[s] for k, v in feeds.items()})["model_output"]
+                              for s in self._chunks("unet", b)])
+        if self._on_step is not None:
+            self._on_step()
+        return out
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """Scaled latents [B,C,h,w] -> the decoder's raw output [B,3,h*f,w*f]."""
@@ -211,7 +216,7 @@ class DiffusionEstimator:
     # ------------------------------------------------------------------ the public call
     def predict(self, image: np.ndarray | Sequence[np.ndarray], num_inference_steps: int | None = None,
                 ensemble_size: int = 1, processing_resolution: int | None = None, seed: int | None = None,
-                latents: np.ndarray | Sequence[np.ndarray] | None = None):
+                latents: np.ndarray | Sequence[np.ndarray] | None = None, progress=None):
         """Depth or normals for one HxWx3 uint8 RGB image, or for a list of them.
 
         ``num_inference_steps`` defaults to the model's (Marigold DDIM 4, LCM 1);
@@ -220,7 +225,9 @@ class DiffusionEstimator:
         ``seed`` seeds numpy's generator for the initial noise (not torch's: the noise differs from
         diffusers' for the same seed); ``latents`` is explicit initial noise in diffusers' shape
         ``(ensemble_size, C, h, w)`` for one image (a list of those for a list of images), for
-        reproducible runs and parity with diffusers.
+        reproducible runs and parity with diffusers. ``progress(done, total)`` is called after each
+        denoising step (one UNet call; ``total`` = images x steps) and after each finished image; an
+        exception raised in it stops the run there (a cancel button).
         """
         single = isinstance(image, np.ndarray)
         images = [image] if single else list(image)
@@ -244,12 +251,27 @@ class DiffusionEstimator:
                                  "array per image")
         rng = np.random.default_rng(seed)
         preds = []
-        for i, (im, lat) in enumerate(zip(images, latent_list)):
-            where = "image" if single else f"image {i}"
-            check_image(im, where)
-            if lat is not None:
-                lat = np.asarray(lat, dtype=_F32)
-            preds.append(self.predict_one(im, steps, int(ensemble_size), int(resolution), rng, lat, where))
+        per_image = int(steps) if isinstance(steps, (int, np.integer)) and steps > 0 else 1  # predict_one checks it
+        total, done = len(images) * per_image, 0
+
+        def step_done():
+            nonlocal done
+            done = min(done + 1, total)
+            progress(done, total)
+
+        self._on_step = step_done if progress is not None else None
+        try:
+            for i, (im, lat) in enumerate(zip(images, latent_list)):
+                where = "image" if single else f"image {i}"
+                check_image(im, where)
+                if lat is not None:
+                    lat = np.asarray(lat, dtype=_F32)
+                preds.append(self.predict_one(im, steps, int(ensemble_size), int(resolution), rng, lat, where))
+                if progress is not None and done < (i + 1) * total // len(images):
+                    done = (i + 1) * total // len(images)
+                    progress(done, total)
+        finally:
+            self._on_step = None
         return preds[0] if single else preds
 
     @staticmethod
