@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,19 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_WHERE_ONLY = re.compile(r"^(Exception from )?\S+\.(cpp|hpp|h|cc|cu|py):\d+:?$")  # a C++ throw site, no cause
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (libraries raise with long C++ traces), or its type."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    """An exception's message on one line, at most ``limit`` characters (libraries raise with long
+    C++ traces), or its type. Lines that only say where it was thrown (OpenVINO starts with a few
+    "Exception from src/...cpp:224:") are left out, so the line keeps the cause's own words."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not _WHERE_ONLY.match(line)]
+    if not lines:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+    text = " ".join(lines)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _module(backend: str):

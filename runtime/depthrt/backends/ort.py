@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendError, BundleError
-from . import DeviceArray, device_pointer, first_line, is_dlpack_on_gpu, select_graph, usable_cores
+from . import DeviceArray, device_pointer, first_line, fpenv, is_dlpack_on_gpu, select_graph, usable_cores
 
 log = logging.getLogger("depthrt")
 
@@ -69,9 +70,11 @@ def session_options(ort, threads: int | None, cuda: bool = False):
     options.intra_op_num_threads = threads or (1 if cuda else usable_cores())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initialisers are noise to users
-    # Denormals (tiny activations deep in ViTs) are 10-100x slower on x86; flushing them changes
-    # nothing visible in a depth map.
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if not cuda and fpenv.available():
+        # Denormals (tiny activations deep in ViTs) are 10-100x slower on x86; flushing them changes
+        # nothing visible in a depth map. ORT also sets the flags in the creating thread, for good:
+        # OrtRunner keeps them inside its own calls (depthrt.backends.fpenv says why that matters).
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
     # ORT's workers busy-wait after each run; on a 2-core machine that steals the cores from our
     # own pre/post-processing right after inference.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -98,13 +101,17 @@ class OrtRunner:
         if ort is None:
             raise BackendError("ONNX Runtime is not installed: pip install 'depthrt[cpu]' (or [gpu])")
         self.name = backend
-        self.session = _open_session(ort, path, session_options(ort, threads), ["CPUExecutionProvider"])
+        with fpenv.kept():  # the caller's thread leaves with the floating-point flags it came with
+            self.session = _open_session(ort, path, session_options(ort, threads), ["CPUExecutionProvider"])
+            self._fp_env = fpenv.get()  # ORT's (denormals as zero): the calling thread runs its share in it
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph; safe to call from several threads at once (ORT's ``run`` is)."""
         try:
-            outputs = self.session.run(self.output_names, feeds)
+            with fpenv.using(self._fp_env):
+                outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:
             raise BackendError(f"{self.name} failed to run the graph: {first_line(exc)}") from None
         return dict(zip(self.output_names, outputs))
@@ -136,7 +143,8 @@ class OrtCudaRunner:
     ``run(feeds)`` takes numpy arrays (outputs come back as numpy) or device arrays (outputs come
     back as :class:`DeviceArray` on the same GPU, with ``__cuda_array_interface__`` and
     ``__dlpack__``). With CUDA graphs, device outputs live in buffers reused by the next run of the
-    same shape: copy them (``.copy()`` in CuPy or torch) if you keep them across runs.
+    same shape: copy them (``.copy()`` in CuPy or torch) if you keep them across runs, from any thread.
+    Safe to call from several threads: runs take turns (a lock).
     """
 
     DEVICE = "cuda"  # ONNX Runtime's name for where inputs and outputs are bound
@@ -173,6 +181,7 @@ class OrtCudaRunner:
         self._input_types = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self._graphs: dict[tuple, tuple] = {}  # shapes -> (graph id, static inputs, binding)
         self._held: list = []
+        self._run_lock = threading.Lock()
 
     def _providers(self, cuda_graph: bool) -> list:
         return [(self.PROVIDER, cuda_provider_options(self.device_id, cuda_graph)), "CPUExecutionProvider"]
@@ -192,18 +201,22 @@ class OrtCudaRunner:
         if missing:
             raise BackendError(f"ort-cuda: the graph needs input(s) {', '.join(missing)}")
         on_device = any(_on_device(feeds[n]) for n in self.input_names)
-        try:
-            if self.cuda_graph:
-                outputs = self._run_graph(feeds)
-            else:
-                outputs = self._run_bound(feeds)
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"ort-cuda failed to run the graph: {first_line(exc)}") from None
-        if on_device:
-            return {n: DeviceArray.from_ortvalue(v, keep=v) for n, v in outputs.items()}
-        return {n: v.numpy() for n, v in outputs.items()}
+        # One run at a time: the captured graphs' input/output buffers and bindings are shared by every
+        # run of a shape, and the GPU runs one graph at a time anyway. The cost for several threads is
+        # that their host-side copies in and out do not overlap.
+        with self._run_lock:
+            try:
+                if self.cuda_graph:
+                    outputs = self._run_graph(feeds)
+                else:
+                    outputs = self._run_bound(feeds)
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"ort-cuda failed to run the graph: {first_line(exc)}") from None
+            if on_device:
+                return {n: DeviceArray.from_ortvalue(v, keep=v) for n, v in outputs.items()}
+            return {n: v.numpy() for n, v in outputs.items()}
 
     def _bind_input(self, binding, name: str, value) -> None:
         ptr = device_pointer(value)
