@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--save", help=f"what to write per image, from {','.join(SAVE_KINDS)} (default png16,color; "
-                   "normals bundles: color,npy); controlnet = white-near 8-bit depth map, or the RGB normal map")
+                   "normals bundles: color,npy); controlnet = white-near 8-bit depth map, or the RGB normal map; normals = "
+                   "the RGB normal map (depth bundles: from the depth, as the MiDaS normal-map preprocessor)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=_cmd_predict)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from .errors import InputError
 
-SAVE_KINDS = ("png16", "color", "npy", "controlnet")
+# normals: the RGB normal map; depth bundles derive it from the depth map (depthrt.normals, the MiDaS
+# normal-map preprocessor with its defaults), as the ComfyUI DepthrtNormalMap node does.
+SAVE_KINDS = ("png16", "color", "npy", "controlnet", "normals")
 
 
 def parse_save(text: str | None, normals: bool) -> list[str]:
@@ -22,12 +24,15 @@ def parse_save(text: str | None, normals: bool) -> list[str]:
     if normals and "png16" in kinds:
         raise InputError("--save png16 writes depth maps; this bundle predicts surface normals: use --save "
                          "color (RGB normal map, also used for controlnet) and/or npy (HxWx3 float32)")
+    if normals:  # a normals bundle's normal map is its color map: one file
+        kinds = list(dict.fromkeys("color" if k == "normals" else k for k in kinds))
     return kinds
 
 
 def suffixes(normals: bool = False) -> dict[str, str]:
     """File-name suffix per save kind (``photo.jpg`` -> ``photo.depth.png``, ...)."""
-    suffix = {"png16": ".depth.png", "color": ".color.png", "npy": ".depth.npy", "controlnet": ".controlnet.png"}
+    suffix = {"png16": ".depth.png", "color": ".color.png", "npy": ".depth.npy", "controlnet": ".controlnet.png",
+              "normals": ".normals.png"}
     if normals:
         suffix.update(color=".normals.png", npy=".normals.npy")
     return suffix
@@ -61,4 +66,8 @@ def write_map(kind: str, dest, pred, overwrite: bool = False) -> Path:
         return imageio.write_color_png(dest, pred.depth, kind=pred.kind, overwrite=overwrite)
     if kind == "npy":
         return imageio.write_npy(dest, pred.depth, overwrite=overwrite)
+    if kind == "normals":
+        from .normals import normals_from_depth
+
+        return imageio.write_normals_png(dest, normals_from_depth(pred.depth, pred.kind), overwrite=overwrite)
     return imageio.write_controlnet_png(dest, pred.depth, pred.kind, overwrite=overwrite)

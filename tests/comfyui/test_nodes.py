@@ -151,15 +151,26 @@ def test_progress_per_image_and_cancel_between_images(comfy, monkeypatch):
     assert state.updates[-1] == (3, 10) and calls == [8]  # stopped at the next image; no second batch
 
 
-def test_normal_map_from_depth_is_the_runtimes(comfy):
-    nodes, _, _ = comfy
+def test_normal_map_from_depth_is_what_predict_writes(comfy, tmp_path):
+    from PIL import Image
+
+    from depthrt.cli import main
+
+    nodes, _, models = comfy
     image, rgb = frames(2)
     (model,) = nodes.DepthrtLoadBundle().load(DA2, "ort-cpu", "fp32")
-    (normals,) = nodes.DepthrtNormalMap().run(model, image, 0, 0, 1, 0, a=3.0, bg_threshold=0.2)
+    (normals,) = nodes.DepthrtNormalMap().run(model, image, 0, 0, 1, 0)  # a = 2 pi, bg_threshold 0.4
+    Image.fromarray(rgb[0]).save(tmp_path / "frame.png")
+    assert main(["predict", str(models / DA2), str(tmp_path / "frame.png"), "--out", str(tmp_path / "maps"),
+                 "--save", "normals", "--backend", "ort-cpu"]) == 0
+    png = read_image(tmp_path / "maps" / "frame.normals.png")
+    assert np.array_equal(np.rint(normals[0].numpy() * 255).astype(np.uint8), png)
+    assert tuple(normals.shape) == (2, 60, 80, 3)
+    (other,) = nodes.DepthrtNormalMap().run(model, image, 0, 0, 1, 0, a=3.0, bg_threshold=0.2)
     pred = model.predict(rgb[0])
     expected = normals_to_rgb(normals_from_depth(pred.depth, pred.kind, a=3.0, bg_threshold=0.2))
-    assert np.abs(np.rint(normals[0].numpy() * 255).astype(int) - expected).max() <= 1
-    assert tuple(normals.shape) == (2, 60, 80, 3)
+    assert np.array_equal(np.rint(other[0].numpy() * 255).astype(np.uint8), expected)
+    assert not np.array_equal(expected, png)  # the parameters matter
 
 
 def test_diffusion_normals_with_progress_per_step(comfy, marigold_normals):
@@ -187,8 +198,10 @@ def test_errors_say_what_to_do(comfy):
     assert "--backend" not in str(info.value)  # node inputs, not CLI flags
     (model,) = nodes.DepthrtLoadBundle().load(DA2, "ort-cpu", "fp32")
     image, _ = frames(1)
-    with pytest.raises(InputError, match="supported height range"):
-        nodes.DepthrtDepthMap().run(model, image, 2100, 0, 1, 0)
+    with pytest.raises(InputError, match="smaller than one 14-pixel patch"):
+        nodes.DepthrtDepthMap().run(model, torch.rand(1, 10, 10, 3), 0, 0, 1, 0)
+    with pytest.raises(InputError, match="processing_resolution must be a whole number of at least 0"):
+        nodes.DepthrtDepthMap().run(model, image, -1, 0, 1, 0)
     with pytest.raises(InputError, match="ensemble_size must be a whole number of at least 1"):
         nodes.DepthrtDepthMap().run(model, image, 0, 0, 0, 0)
 
