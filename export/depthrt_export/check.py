@@ -32,9 +32,13 @@ def check_bundle(bundle: str | Path, weights: str | None = None, images: list[st
 
     ``processing_resolution`` applies to latent-diffusion bundles (default: the bundle's, e.g. 768).
     """
+    from . import kit
     from .diffusion import DIFFUSION_FAMILIES, checker_for
 
-    family = read_manifest(bundle)["model"]["family"]
+    manifest = read_manifest(bundle)
+    family = manifest["model"]["family"]
+    if backend == "trt":
+        kit.require_polygraphy_trt()  # before any PyTorch work: say what to install
     if family in DIFFUSION_FAMILIES:
         if images:
             raise BundleError(f"--images is not supported for {family} bundles yet: they are checked on "
@@ -42,10 +46,25 @@ def check_bundle(bundle: str | Path, weights: str | None = None, images: list[st
         checker = checker_for(family)
         report = checker.run_check(bundle, weights=weights, backend=backend, precision=precision,
                                    processing_resolution=processing_resolution)
-        return report, checker.format_report(report)
-    report = run_check(bundle, weights=weights, images=images, backend=backend, precision=precision,
-                       trust_pickle=trust_pickle)
-    return report, format_report(report)
+        table = checker.format_report(report)
+    else:
+        report = run_check(bundle, weights=weights, images=images, backend=backend, precision=precision,
+                           trust_pickle=trust_pickle)
+        table = format_report(report)
+    return _with_kits(bundle, manifest, report, table)
+
+
+def _with_kits(bundle, manifest: dict, report: dict, table: str) -> tuple[dict, str]:
+    """Add each graph's Polygraphy kit, run on the backend the check used, to the report and its verdict."""
+    from . import kit
+
+    rows = kit.check_kits(bundle, manifest, report["backend"], report["precision"])
+    if not rows:
+        return report, table
+    report["kits"] = rows
+    report["passed"] = report["passed"] and all(r.get("passed", True) for r in rows)
+    lines = table.splitlines()[:-1]  # every family's table ends with its PASSED / FAILED line
+    return report, "\n".join([*lines, *kit.format_kits(rows), "PASSED" if report["passed"] else "FAILED"])
 
 
 def run_check(bundle: str | Path, weights: str | None = None, images: list[str] | None = None,

@@ -104,9 +104,15 @@ def _export_feedforward(model: str, preset, weights: str | None, staging: Path, 
     }
 
     def parity(bundle: Path) -> tuple[dict, str]:
+        from . import kit
         from .check import format_report, run_check
 
-        report = run_check(bundle, weights=str(resolved.path), model=torch_model, verify=False)
+        # The check's first PyTorch call (its first image) is also the graph's Polygraphy kit.
+        with kit.record_first_call(torch_model, graph) as seen:
+            report = run_check(bundle, weights=str(resolved.path), model=torch_model, verify=False)
+        kit.attach(fields["graphs"], graph["name"],
+                   kit.write_kit(bundle, graph["name"], seen["feeds"], seen["outputs"],
+                                 reference=f"PyTorch {spec.architecture}, the parity check's first image"))
         return report, format_report(report)
 
     return fields, parity
@@ -165,6 +171,7 @@ def export_bundle(model: str, weights: str | None = None, out: str | Path | None
                 report, table = parity(staging)
             print(table)
             manifest["parity"] = report
+            validate_manifest(manifest, where="the manifest being written")  # the check added the parity kits
             write_json_atomic(staging / MANIFEST_NAME, manifest)
         _install(staging, out)
     finally:

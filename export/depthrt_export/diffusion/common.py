@@ -19,6 +19,8 @@ import numpy as np
 from depthrt.errors import WeightsError
 from depthrt.manifest import sha256_file
 
+from .. import kit
+
 MAX_BATCH = 8
 
 
@@ -275,7 +277,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int) -> dict:
         onnx.checker.check_model(str(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {
+    entry = {
         "name": spec.name,
         "file": path.name,
         "external_data": data if (out_dir / data).exists() else None,
@@ -287,6 +289,8 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int) -> dict:
         "outputs": [t.entry() for t in spec.outputs],
         "dynamic": spec.dynamic,
     }
+    kit.attach([entry], spec.name, kit.write_module_kit(spec, out_dir))  # Polygraphy parity kit
+    return entry
 
 
 # --------------------------------------------------------------------------- conditioning, scheduler

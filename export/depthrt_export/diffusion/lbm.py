@@ -383,6 +383,7 @@ def export_unet(ckpt: LbmCheckpoint, dynamic: dict, out_dir: Path, opset: int, h
 
     from depthrt.manifest import sha256_file
 
+    from ..kit import attach, write_module_kit
     from .common import export_graph, unet_spec
 
     lh, lw = TRACE_LATENT
@@ -392,6 +393,7 @@ def export_unet(ckpt: LbmCheckpoint, dynamic: dict, out_dir: Path, opset: int, h
     _Fp16Storage(unet)
     spec = unet_spec(unet, dynamic, (lh, lw), None)
     del unet
+    parity_kit = write_module_kit(spec, out_dir)  # before the module is freed
     tmp = out_dir / ".unet.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -417,9 +419,11 @@ def export_unet(ckpt: LbmCheckpoint, dynamic: dict, out_dir: Path, opset: int, h
         onnx.checker.check_model(str(path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"name": "unet", "file": path.name, "external_data": data, "sha256": sha256_file(path),
-            "bytes": path.stat().st_size, "opset": opset, "precision": "fp32", "inputs": inputs,
-            "outputs": outputs, "dynamic": ranges}
+    entry = {"name": "unet", "file": path.name, "external_data": data, "sha256": sha256_file(path),
+             "bytes": path.stat().st_size, "opset": opset, "precision": "fp32", "inputs": inputs,
+             "outputs": outputs, "dynamic": ranges}
+    attach([entry], "unet", parity_kit)
+    return entry
 
 
 def export(preset, weights: str, out_dir: Path, opset: int) -> dict:

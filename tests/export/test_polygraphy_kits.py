@@ -1,0 +1,132 @@
+"""Every family's Polygraphy parity kit passes `polygraphy run --onnxrt` for its fp32 graphs and fp16
+variants, exactly as CI and a user run it; a corrupted reference fails it, and `depthrt check` runs the
+same kits through Polygraphy's comparator.
+
+The kits are written by `depthrt export` (tests/conftest.py `tiny_bundle`), so these tests reuse the
+session's tiny bundles; each test runs its family's polygraphy commands side by side (start-up is
+most of their time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from depthrt_export import kit
+
+# One preset per family: DPT/MiDaS, ZoeDepth, Depth Anything V1 and V2, DA3, Marigold, Lotus, LBM.
+FAMILY_PRESETS = ("dpt-hybrid-midas", "zoedepth-nyu-kitti", "depth-anything-small", "depth-anything-v2-small",
+                  "da3-mono-large", "marigold-depth-v1-1", "lotus-depth-g-v2-1-disparity", "lbm-depth")
+POLYGRAPHY = Path(sys.executable).with_name("polygraphy")
+
+
+def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Run the polygraphy commands side by side (2 at a time: CI has 2 cores)."""
+    env = {**os.environ, "POLYGRAPHY_AUTOINSTALL_DEPS": "0"}
+    done = []
+    for i in range(0, len(commands), 2):
+        procs = [(argv, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+                 for argv in commands[i:i + 2]]
+        for argv, proc in procs:
+            out, _ = proc.communicate(timeout=300)
+            done.append(subprocess.CompletedProcess(argv, proc.returncode, out, ""))
+    return done
+
+
+def _cli(bundle: Path, graph: dict, outputs: Path | None = None) -> list[str]:
+    argv = kit.polygraphy_command(bundle, graph)
+    argv[0] = str(POLYGRAPHY)
+    if outputs is not None:
+        argv[argv.index("--load-outputs") + 1] = str(outputs)
+    return argv
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_every_graph_passes_its_kit_with_polygraphy_onnxrt(preset, tiny_bundle):
+    bundle, manifest = tiny_bundle(preset)
+    graphs = manifest["graphs"]
+    # every graph, fp32 and its fp16 variant, has a kit with its own precision's tolerances
+    assert {g.get("precision", "fp32") for g in graphs} == {"fp32", "fp16"}
+    assert all("parity_kit" in g for g in graphs), [g["file"] for g in graphs if "parity_kit" not in g]
+    for g in graphs:
+        tol = g["parity_kit"]["tolerances"]
+        assert set(tol) == {t["name"] for t in g["outputs"]}
+        assert all(v["rtol"] == kit.LIMITS[g.get("precision", "fp32")] for v in tol.values())
+    results = _run_all([_cli(bundle, g) for g in graphs])
+    for g, r in zip(graphs, results):
+        assert r.returncode == 0, f"{g['file']}:\n{r.stdout[-3000:]}"
+        assert "PASSED | Output" in r.stdout and "\n[I] PASSED | Runtime" in r.stdout, r.stdout[-3000:]
+
+
+def _corrupt(src: Path, dest: Path, graph: dict) -> Path:
+    """A copy of a kit's reference outputs with one patch moved by 10x the fp16 limit of its peak."""
+    from polygraphy.comparator import RunResults
+
+    results = RunResults.load(str(src))
+    name = graph["outputs"][0]["name"]
+    outputs = results[kit.REFERENCE_RUNNER][0]
+    values = np.array(outputs[name])
+    flat = values.reshape(-1)
+    flat[: max(1, flat.size // 100)] += 10 * kit.LIMITS["fp16"] * graph["parity_kit"]["reference_max_abs"][name]
+    outputs[name] = values
+    results.save(str(dest))
+    return dest
+
+
+def test_a_corrupted_reference_fails_polygraphy_run(tiny_bundle, tmp_path):
+    bundle, manifest = tiny_bundle("depth-anything-v2-small")
+    graphs = manifest["graphs"]
+    bad = _corrupt(bundle / graphs[0]["parity_kit"]["outputs"], tmp_path / "bad.outputs.json", graphs[0])
+    results = _run_all([_cli(bundle, g, outputs=bad) for g in graphs])  # fp32 and fp16 graph alike
+    for g, r in zip(graphs, results):
+        assert r.returncode != 0, f"{g['file']} passed against a corrupted reference:\n{r.stdout[-2000:]}"
+        assert "FAILED" in r.stdout
+
+
+def _copy(bundle: Path, dest: Path) -> Path:
+    shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns("engines"))
+    return dest
+
+
+def test_check_runs_the_kits_through_polygraphy_and_fails_on_a_bad_one(tiny_bundle, tmp_path):
+    from conftest import run_cli
+
+    bundle, manifest = tiny_bundle("depth-anything-v2-small")
+    # in-process, as `depthrt check` calls it: each graph of the precision, Polygraphy's comparator
+    rows = kit.check_kits(bundle, manifest, "ort-cpu", "fp32")
+    assert [r["graph"] for r in rows] == ["model"] and rows[0]["passed"], rows
+    worst = rows[0]["outputs"]["predicted_depth"]
+    assert worst["max_abs"] <= worst["atol"]
+
+    copy = _copy(bundle, tmp_path / "bundle")
+    graph = manifest["graphs"][0]
+    _corrupt(bundle / graph["parity_kit"]["outputs"], copy / graph["parity_kit"]["outputs"], graph)
+    bad = run_cli("check", str(copy), "--backend", "ort-cpu", "--json", str(tmp_path / "bad.json"))
+    assert bad.returncode != 0, bad.stdout + bad.stderr
+    lines = bad.stdout.splitlines()
+    kit_line = next(line for line in lines if line.startswith("Polygraphy kit model (fp32, ort-cpu): "
+                                                                  "predicted_depth max abs diff"))
+    assert kit_line.endswith("FAIL") and "FAILED" in lines
+    report = json.loads((tmp_path / "bad.json").read_text())
+    assert not report["passed"] and not report["kits"][0]["passed"]
+    # the PyTorch parity itself still passed: the kit alone failed the check
+    assert all(r["passed"] for r in report["images"])
+
+
+def test_check_on_trt_without_tensorrt_says_what_to_install(tiny_bundle):
+    from conftest import assert_clean_error, run_cli
+
+    from depthrt.backends.trt import load_tensorrt
+
+    if load_tensorrt("trt") is not None:
+        pytest.skip("TensorRT is installed here: the trt kit runs for real (GPU machines)")
+    bundle, _ = tiny_bundle("depth-anything-v2-small")
+    result = run_cli("check", str(bundle), "--backend", "trt")
+    assert_clean_error(result, "Polygraphy's TensorRT runner", "pip install 'depthrt[trt]'")
