@@ -108,6 +108,110 @@ def test_lbm_fp16_weight_storage_path(lbm, tmp_path, monkeypatch):
     assert np.isfinite(out).all()
 
 
+# --------------------------------------------------------------------------- tiled decode (upstream's Tiler)
+def _with_tiles(est, folder, tiles):
+    """A copy of ``est``'s bundle whose loop.decoder_tiles is ``tiles``, loaded."""
+    import json
+
+    shutil.copytree(est.bundle, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["loop"]["decoder_tiles"] = tiles
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return load_bundle(folder)
+
+
+def test_tiled_decode_matches_upstream_tiler_at_a_non_square_bucket(lbm, tmp_path):
+    """The 1152x896 bucket (a 4:3 photo) with 8-latent tiles overlapping by 2, so the tiny model's
+    28x36 latent decodes in 5 x 6 tiles with short ones at the bottom and right edges: the runtime
+    equals the torch reference of upstream's Tiler; one-shot decoding (the option) equals one-shot in
+    the reference and is far from the tiled result."""
+    from depthrt_export.diffusion.lbm import bucket_size
+    from depthrt_export.diffusion.reference_lbm import run_lbm_reference
+
+    preset, task = "lbm-depth", "depth"  # normals decode the same way (test_lbm_runtime_matches_reference_loop)
+    _, est, (unet, vae, info) = lbm(preset)
+    small = _with_tiles(est, tmp_path / "tiles", {"latent_tile": 8, "overlap": 2})
+    image = np.random.default_rng(5).integers(0, 256, (75, 100, 3), dtype=np.uint8)
+    assert bucket_size(75, 100, 256) == (224, 288)  # the 1152x896 bucket at 256: latent 28x36
+    got = {}
+    for tiled in (True, False):
+        pred = small.predict(image, processing_resolution=256, tiled_decode=tiled)
+        got[tiled] = pred.depth if task == "depth" else pred.normals
+    ref = {t: run_lbm_reference(unet, vae, info, image, task, 1, resolution=256, tile=t, overlap=2) for t in (8, None)}
+    rel = {k: float(np.linalg.norm(got[k] - ref[8 if k else None]) / np.linalg.norm(ref[8 if k else None]))
+           for k in got}
+    apart = float(np.linalg.norm(ref[None] - ref[8]) / np.linalg.norm(ref[8]))
+    print(f"{preset} 1152x896 bucket @ 256, 8/2 tiles: tiled rel-L2 {rel[True]:.2e}, one-shot {rel[False]:.2e}, "
+          f"one-shot vs tiled {apart:.2e}")
+    assert rel[True] <= TOLERANCE and rel[False] <= TOLERANCE
+    assert apart > 10 * TOLERANCE  # the tiles really change the result
+
+
+def test_upstream_tile_default_and_old_bundles(lbm, tmp_path):
+    """Bundles carry upstream's 128/16 tiles; bundles from before tiling (decoder_tiles null) get them too;
+    a latent that fits in one tile decodes in one call; a bad option or overlap is refused."""
+    from depthrt.errors import BundleError
+
+    _, est, _ = lbm("lbm-depth")
+    assert est.loop["decoder_tiles"]["latent_tile"] == 128 and est.loop["decoder_tiles"]["overlap"] == 16
+    old = _with_tiles(est, tmp_path / "old", None)
+    assert (old.tile, old.overlap) == (128, 16)
+    image = np.random.default_rng(2).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(est.predict(image, processing_resolution=128).depth,
+                                  est.predict(image, processing_resolution=128, tiled_decode=False).depth)
+    with pytest.raises(InputError, match="tiled_decode must be True or False"):
+        est.predict(image, tiled_decode="yes")
+    with pytest.raises(BundleError, match="overlap must be smaller than the tile"):
+        _with_tiles(est, tmp_path / "bad", {"latent_tile": 8, "overlap": 8})
+
+
+def test_lbm_above_the_old_range_matches_the_reference(lbm):
+    """A 4:1 image at processing_resolution 1040 lands in the 2048x512 bucket scaled to 2080x520, above
+    the 2048 the bundle used to refuse; decoded in one call (tiled_decode=False) on both sides."""
+    from depthrt_export.diffusion.reference_lbm import run_lbm_reference
+
+    _, est, (unet, vae, info) = lbm("lbm-depth")
+    image = np.random.default_rng(6).integers(0, 256, (40, 160, 3), dtype=np.uint8)
+    ref = run_lbm_reference(unet, vae, info, image, "depth", 1, resolution=1040, tile=None)
+    got = est.predict(image, processing_resolution=1040, tiled_decode=False).depth
+    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    print(f"lbm-depth 160x40 @ 1040 (bucket 2080x520): rel-L2 {rel:.2e}")
+    assert got.shape == (40, 160) and rel <= TOLERANCE
+
+
+def _fake_decoder(xp, factor):
+    """A decoder stand-in that needs the real tile geometry to agree: nearest upsampling of a nonlinear
+    map plus the tile's own mean (so zero padding and each tile's extent change the result)."""
+    def decode(z):
+        y = xp.tanh(z[:, :3] * 0.7) + 30 * z[:, :3].mean(axis=(2, 3), keepdims=True) if xp is np else \
+            (z[:, :3] * 0.7).tanh() + 30 * z[:, :3].mean(dim=(2, 3), keepdim=True)
+        return y.repeat(factor, axis=2).repeat(factor, axis=3) if xp is np else \
+            y.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+    return decode
+
+
+@pytest.mark.parametrize("latent_hw", [(112, 144), (130, 260)])
+def test_numpy_tiler_equals_the_torch_tiler_at_upstreams_default(latent_hw):
+    """At upstream's 128/16 tiles, on the 1152x896 bucket's latent (one row padded to 128, a 32-wide edge
+    tile) and on one with an 18-row sliver and three columns: runtime and reference tilers agree."""
+    import torch
+
+    from depthrt.diffusion.lbm import decode_tiled, gaussian_weights, tile_starts
+    from depthrt_export.diffusion.reference_lbm import tiled_decode
+
+    assert tile_starts(144, 128, 16) == [0, 112] and tile_starts(112, 128, 16) == [0]
+    assert tile_starts(260, 128, 16) == [0, 112, 224]
+    g = gaussian_weights(5, 5)  # upstream's row midpoint is height / 2 (2.5), the column's (width - 1) / 2 (2)
+    assert g[2, 2] == g[3, 2] > g[1, 2] and g[2, 1] == g[2, 3] < g[2, 2]
+    z = np.random.default_rng(0).standard_normal((1, 4, *latent_hw)).astype(np.float32)
+    ours = decode_tiled(_fake_decoder(np, 8), z, 128, 16, 8)
+    ref = tiled_decode(_fake_decoder(torch, 8), torch.from_numpy(z), 8).numpy()
+    assert ours.shape == ref.shape == (1, 3, latent_hw[0] * 8, latent_hw[1] * 8)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    one_shot = _fake_decoder(np, 8)(z)
+    assert np.abs(ours - one_shot).max() > 1e-2  # tiles differ from one call (each tile's own mean)
+
+
 def test_sdxl_architecture_from_shapes():
     """The shapes of get_model's hard-coded SDXL UNet give back exactly its arguments."""
     import torch

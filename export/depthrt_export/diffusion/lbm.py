@@ -21,9 +21,11 @@ one ``*.safetensors`` holding the whole ``LBMModel`` state dict (``denoiser.*`` 
   source image's latent (no noise).
 * ``evaluate()`` resizes the image to the closest SDXL aspect bucket (PIL bicubic), maps it to
   [-1, 1], and never resizes the result back; depthrt returns the input's size (bilinear with
-  antialias). Upstream decodes latents above 128 (1024 px) in overlapping 128-latent tiles;
-  depthrt decodes the whole latent in one call (no seams; the VAE is convolutional, so the two
-  differ only near tile borders).
+  antialias). Upstream decodes latents above 128 (1024 px) in either side in overlapping
+  128-latent tiles (``AutoencoderKLDiffusers.decode`` with ``Tiler``: overlap 16, tiles zero-padded
+  to 128, Gaussian-weighted merge); so does depthrt by default (``loop.decoder_tiles``). The
+  SDXL VAE's mid-block attention sees a whole tile, so one-shot decoding differs everywhere, not
+  only near tile borders.
 
 Upstream encodes with a *sample* of the VAE posterior; depthrt uses its mean (deterministic).
 """
@@ -48,6 +50,10 @@ NORM_GROUPS = 32
 ASPECT_BUCKETS = ((512, 2048), (1024, 1024), (2048, 512), (896, 1152), (1152, 896), (512, 1920), (640, 1536),
                   (768, 1280), (1280, 768), (1536, 640), (1920, 512))
 BUCKET_BASE = 1024
+# get_model's AutoencoderKLDiffusersConfig(tiling_size=(128, 128)) and the config's default tiling_overlap
+# (16, 16), in latent pixels: what the runtime reads from loop.decoder_tiles.
+DECODER_TILES = {"latent_tile": 128, "overlap": 16, "pad": "zeros, bottom and right, to the full tile",
+                 "merge": "gaussian (Tiler._gaussian_weights, variance 0.01 of the tile size squared)"}
 # get_model's yaml keys (the arguments of _get_model_from_config); anything else is another model's yaml.
 YAML_KEYS = {"backbone_signature", "vae_num_channels", "unet_input_channels", "timestep_sampling",
              "selected_timesteps", "prob", "conditioning_images_keys", "conditioning_masks_keys", "source_key",
@@ -471,7 +477,7 @@ def export(preset, weights: str, out_dir: Path, opset: int) -> dict:
         "scaling_factor": ckpt.scaling_factor,
         "text_embedding": None,
         "posterior": "mean",
-        "decoder_tiles": None,
+        "decoder_tiles": dict(DECODER_TILES),
         "unet_weights": "float16" if half else "float32",
     }
     files = [{"name": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
