@@ -224,3 +224,16 @@ def test_model_is_reused_until_an_input_changes(comfy):
         assert nodes.DepthrtLoadBundle.IS_CHANGED(DA2, "openvino", "fp32") != changed
     finally:
         os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_sky_becomes_the_mask():
+    from comfyui import nodes
+    from depthrt.estimator import Prediction
+
+    sky = np.zeros((4, 5), bool)
+    sky[:2] = True
+    preds = [Prediction(depth=np.ones((4, 5), np.float32), kind="relative_depth", units="relative", sky=sky),
+             Prediction(depth=np.ones((4, 5), np.float32), kind="relative_depth", units="relative")]
+    mask = nodes.mask_from(preds, (4, 5))
+    assert mask.dtype == torch.float32 and tuple(mask.shape) == (2, 4, 5)
+    assert mask[0].numpy().tolist() == sky.astype(np.float32).tolist() and not mask[1].any()
