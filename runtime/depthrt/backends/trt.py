@@ -25,6 +25,7 @@ import json
 import logging
 import shlex
 import subprocess
+import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -366,6 +367,7 @@ class TrtRunner:
         self._states: dict[tuple, _ShapeState] = {}
         self._current: tuple | None = None
         self.use_graphs = True
+        self._run_lock = threading.Lock()
 
     def _state_for(self, feeds: dict[str, np.ndarray]) -> _ShapeState:
         key = tuple(tuple(feeds[n].shape) for n in self.inputs)
@@ -429,8 +431,15 @@ class TrtRunner:
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Host arrays in, host arrays out; device arrays (``__cuda_array_interface__``: CuPy, PyTorch)
         in, :class:`~depthrt.backends.DeviceArray` out: the engine's own output buffer, valid until
-        this runner's next run (copy it to keep it)."""
+        this runner's next run from any thread (copy it to keep it). Safe from several threads: runs
+        take turns (one lock), since the execution context holds one input shape and the staging
+        buffers and captured graphs are shared; the GPU runs one engine at a time anyway, so the cost
+        is only that host-side copies of different threads do not overlap."""
         check_shapes(self.profiles, feeds)
+        with self._run_lock:
+            return self._run_locked(feeds)
+
+    def _run_locked(self, feeds: dict[str, Any]) -> dict[str, Any]:
         if any(device_pointer(feeds[name]) is not None for name in self.inputs):
             return self._run_on_device(feeds)
         state = self._state_for(feeds)

@@ -7,6 +7,7 @@ published pipelines use, so the family code reads like the pipeline it follows.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ from ..estimator import Prediction
 from ..manifest import sha256_file
 
 _F32 = np.float32
+_STEP_HOOKS = threading.local()  # per thread: {id(estimator): progress hook of its running predict}
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")
 
 
@@ -125,7 +127,19 @@ def normalize_normals(n: np.ndarray, axis: int = 1, eps: float = 1e-6) -> np.nda
 class DiffusionEstimator:
     """A latent-diffusion bundle on one backend. Create it with :func:`depthrt.load`."""
 
-    _on_step = None  # set by predict(progress=...) while it runs: called after each UNet call
+    @property
+    def _on_step(self):
+        """The hook that predict(progress=...) runs after each UNet call, for the predict running in
+        this thread: one estimator may serve several threads at once, each with its own progress."""
+        return getattr(_STEP_HOOKS, "hooks", {}).get(id(self))
+
+    @_on_step.setter
+    def _on_step(self, hook) -> None:
+        hooks = _STEP_HOOKS.__dict__.setdefault("hooks", {})
+        if hook is None:
+            hooks.pop(id(self), None)
+        else:
+            hooks[id(self)] = hook
 
     def __init__(self, bundle: Path, manifest: dict, backend: str, precision: str = "fp32",
                  threads: int | None = None):
