@@ -136,8 +136,9 @@ def _build_one(cache: EngineCache, plan: BuildPlan, config: BuildConfig, builder
         return Built(plan, cache.plan_path(plan), meta, cached=False, seconds=seconds)
 
 
-def describe(built: Built, stream=sys.stdout) -> None:
+def describe(built: Built, stream=None) -> None:
     """One line per engine: where it is and whether it was just built."""
+    stream = stream or sys.stdout  # looked up now, not at import: callers (and tests) may have replaced it
     how = "cached" if built.cached else f"built in {built.seconds:.1f}s"
     print(f"engine {built.path} ({how}, {built.metadata['plan_bytes'] / 1e6:.1f} MB, strongly typed from "
           f"{built.plan.onnx_file}; loads with {' or '.join(built.plan.runtimes)})", file=stream)

@@ -1,10 +1,14 @@
-"""TensorRT for RTX builds a plan for every preset family's tiny graph, with its dynamic profile, on the CPU.
+"""TensorRT for RTX builds strongly typed plans for every preset family's tiny graphs, fp32 and fp16, on the CPU.
 
-This is our proof on machines without a GPU that TensorRT's ONNX parser and builder accept what
-we export. CI installs the wheels: pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs
+This is our proof on machines without a GPU that TensorRT's ONNX parser and a strongly typed builder (the
+API TensorRT 11 keeps) accept what we export: the fp32 graphs, and the fp16 variants with their fp32
+islands, each with its dynamic profile. The fp16 builds go through `depthrt build B --precision fp16
+--target trt-rtx` itself. CI installs the wheels: pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs
 """
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 
@@ -22,40 +26,79 @@ pytestmark = [
 # One preset per exportable family and backbone (dpt-vit, dpt-hybrid, dpt-beit, zoedepth, DA-V2, DA-V2 metric).
 FAMILY_PRESETS = ("dpt-large", "dpt-hybrid-midas", "dpt-beit-large-512", "zoedepth-nyu-kitti",
                   "depth-anything-v2-small", "depth-anything-v2-metric-indoor-small")
-
-
-@pytest.mark.parametrize("preset", FAMILY_PRESETS)
-def test_trt_rtx_builds_each_family_with_its_dynamic_profile(preset, tiny_bundle, tmp_path, copy_bundle):
-    bundle, manifest = tiny_bundle(preset)
-    bundle = copy_bundle(bundle, tmp_path / "bundle")  # engines go into the bundle: keep the shared one clean
-    (built,) = build_bundle(bundle, BuildConfig(target="trt-rtx"), progress=False)
-    graph = manifest["graphs"][0]
-    assert built.path.stat().st_size > 100_000
-    (profile,) = built.metadata["plan"]["profiles"].values()
-    dyn = graph["dynamic"]
-    assert profile["min"] == [dyn["batch"]["min"], 3, dyn["height"]["min"], dyn["width"]["min"]]
-    assert profile["max"] == [dyn["batch"]["max"], 3, dyn["height"]["max"], dyn["width"]["max"]]
-    assert profile["min"] != profile["max"]  # dynamic, not a fixed-shape engine
-    path, _ = find_engine(bundle, graph, "trt-rtx", "fp32", str(RTX.__version__), None)
-    assert path == built.path
-
-
 # The other families: Depth Anything 3 (depth + sky outputs) and the latent-diffusion ones, whose
 # bundles hold three graphs (VAE encoder, UNet, VAE decoder) with latent-size dynamic dimensions.
 MORE_PRESETS = ("da3-mono-large", "marigold-depth-v1-1", "lotus-depth-g-v2-1-disparity", "lbm-depth")
 
 
-@pytest.mark.parametrize("preset", MORE_PRESETS)
-def test_trt_rtx_builds_every_graph_of_the_other_families(preset, tiny_bundle, tmp_path, copy_bundle):
-    bundle, manifest = tiny_bundle(preset)
-    bundle = copy_bundle(bundle, tmp_path / "bundle")
+@pytest.fixture(scope="module")
+def rtx_bundle(tiny_bundle, tmp_path_factory):
+    """rtx_bundle(preset) -> (bundle, manifest): one copy per family (engines go into the bundle; the shared
+    tiny bundle stays clean), shared by the fp32 and fp16 tests."""
+    root = tmp_path_factory.mktemp("rtx")
+    made = {}
+
+    def make(preset: str):
+        if preset not in made:
+            src, manifest = tiny_bundle(preset)
+            copy = shutil.copytree(src, root / preset, ignore=shutil.ignore_patterns("engines"))
+            made[preset] = (copy, manifest)
+        return made[preset]
+
+    return make
+
+
+def _graphs(manifest: dict, precision: str) -> dict[str, dict]:
+    return {g["name"]: g for g in manifest["graphs"] if g.get("precision", "fp32") == precision}
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS + MORE_PRESETS)
+def test_trt_rtx_builds_every_graph_from_its_fp32_graph_with_its_dynamic_profile(preset, rtx_bundle):
+    bundle, manifest = rtx_bundle(preset)
     built = build_bundle(bundle, BuildConfig(target="trt-rtx"), progress=False)
-    fp32_graphs = [g for g in manifest["graphs"] if g.get("precision", "fp32") == "fp32"]
-    assert sorted(b.path.stem for b in built) == sorted(g["name"] for g in fp32_graphs)
+    fp32 = _graphs(manifest, "fp32")
+    assert sorted(b.plan.graph_name for b in built) == sorted(fp32)
     for engine in built:
+        graph, plan = fp32[engine.plan.graph_name], engine.metadata["plan"]
+        assert (plan["onnx_file"], plan["graph_precision"]) == (graph["file"], "fp32")
+        assert plan["precision_mode"].startswith("strongly typed") and plan["runtimes"] == ["tensorrt_rtx"]
         assert engine.path.stat().st_size > 100_000
-        for profile in engine.metadata["plan"]["profiles"].values():
+        for name, profile in plan["profiles"].items():
             assert profile["min"] != profile["max"] or len(profile["min"]) == 1  # spatial dims stay dynamic
+            if name == "pixel_values":  # an image input: the manifest's batch and size ranges
+                dyn = graph["dynamic"]
+                assert profile["min"] == [dyn["batch"]["min"], 3, dyn["height"]["min"], dyn["width"]["min"]]
+                assert profile["max"] == [dyn["batch"]["max"], 3, dyn["height"]["max"], dyn["width"]["max"]]
+        path, _ = find_engine(bundle, graph, "trt-rtx", "fp32", str(RTX.__version__), None)
+        assert path == engine.path
+
+
+# DA3's fp16 variant computes its position-embedding coordinates (Shape -> Range/Reciprocal -> Mul) in fp16;
+# TensorRT-RTX's shape inference refuses the float x half Mul this leaves ("Input 0's element type (float)
+# differs from input 1's element type (half)"). The fix belongs in the fp16 conversion (shape arithmetic
+# stays fp32); strict, so this test fails once it is fixed and the mark must go.
+DA3_FP16 = pytest.mark.xfail(strict=True, reason="DA3's fp16 variant has shape arithmetic in fp16, which "
+                                                 "TensorRT-RTX rejects")
+FP16_PRESETS = [pytest.param(p, marks=DA3_FP16) if p.startswith("da3") else p for p in FAMILY_PRESETS + MORE_PRESETS]
+
+
+@pytest.mark.parametrize("preset", FP16_PRESETS)
+def test_depthrt_build_fp16_for_trt_rtx_builds_from_the_fp16_variant(preset, rtx_bundle, capsys):
+    from depthrt.cli import main
+
+    bundle, manifest = rtx_bundle(preset)
+    assert main(["build", str(bundle), "--precision", "fp16", "--target", "trt-rtx"]) == 0
+    out = capsys.readouterr().out
+    fp32, fp16 = _graphs(manifest, "fp32"), _graphs(manifest, "fp16")
+    assert sorted(fp16) == sorted(fp32)  # export wrote a variant of every graph
+    for name, variant in fp16.items():
+        # The runtime asks for the logical (fp32) graph and finds the plan built from its fp16 variant.
+        path, meta = find_engine(bundle, fp32[name], "trt-rtx", "fp16", str(RTX.__version__), None)
+        plan = meta["plan"]
+        assert (plan["onnx_file"], plan["onnx_sha256"], plan["graph_precision"]) == \
+            (variant["file"], variant["sha256"], "fp16")
+        assert path.stat().st_size > 100_000
+        assert f"{path} (built in" in out and f"strongly typed from {variant['file']}" in out
 
 
 def test_every_family_is_built_here():
@@ -63,14 +106,3 @@ def test_every_family_is_built_here():
 
     covered = {find_preset(p).family for p in FAMILY_PRESETS + MORE_PRESETS}
     assert covered == {p.family for p in PRESETS}
-
-
-@pytest.fixture
-def copy_bundle():
-    import shutil
-
-    def copy(src, dest):
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("engines"))
-        return dest
-
-    return copy
