@@ -101,6 +101,22 @@ def test_depthrt_build_fp16_for_trt_rtx_builds_from_the_fp16_variant(preset, rtx
         assert f"{path} (built in" in out and f"strongly typed from {variant['file']}" in out
 
 
+def test_trt_target_build_calls_run_on_a_real_strongly_typed_builder(rtx_bundle, monkeypatch, tmp_path):
+    """The `trt` target's path (version-compatible flags, timing cache seeded, updated and merged) on a real
+    builder: TensorRT-RTX's stands in for TensorRT 11's, which needs a GPU to load."""
+    import depthrt_engines.trt_build as trt_build
+    from depthrt_engines.plan import Environment
+
+    monkeypatch.setattr(trt_build, "_module", lambda target: RTX)
+    bundle, _ = rtx_bundle("depth-anything-v2-small")
+    env = Environment("trt", str(RTX.__version__), "NVIDIA H200", "9.0")
+    config = BuildConfig(precision="fp16", version_compatible=True, opt_level=0)
+    (built,) = build_bundle(bundle, config, environment=env, progress=False, timing_cache_dir=tmp_path)
+    assert built.path.stat().st_size > 100_000 and built.metadata["plan"]["runtimes"] == ["tensorrt_lean", "tensorrt"]
+    (cache,) = tmp_path.glob("*.cache")
+    assert cache.stat().st_size > 0  # the timing cache TensorRT returned was merged and kept
+
+
 def test_every_family_is_built_here():
     from depthrt.presets import PRESETS, find_preset
 
