@@ -178,3 +178,13 @@ def test_batch_size_outside_the_graph_range_is_refused(bundle, tmp_path):
     make_tree(tmp_path / "in", count=1, bad=False)
     assert_clean_error(run_cli("batch", str(bundle), str(tmp_path / "in"), "--out", str(tmp_path / "o"), *CPU,
                                "--batch-size", "99"), "--batch-size 99", "1..8")
+
+
+def test_progress_line_shows_rate_and_eta():
+    from depthrt.progress import Counter
+
+    counter = Counter(10, enabled=False)
+    counter.start -= 4.0  # 4 s in, 2 written: 0.5 images/s, 8 left
+    line = counter.line(2)
+    assert "2/10 images" in line and "0.50 images/s" in line and "ETA 0:16" in line
+    assert "1 failed" in counter.line(2, failed=1) and "ETA --" in counter.line(10)

@@ -177,15 +177,22 @@ def run_ray(bundle, manifest: dict, jobs: list[Job], out, *, address: str, backe
         if resolved is None:  # auto: a GPU backend where the cluster has GPUs, else what this machine picks
             resolved = "ort-cuda" if resources.get("GPU", 0) > 0 else resolve_backend("auto")
         gpu = resolved in GPU_BACKENDS
+        total_cpus = resources.get("CPU", 1)
         gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if gpu else 0.0)
-        cpus = cpus_per_worker if cpus_per_worker is not None else (1.0 if gpu else float(threads or 1))
+        # A CPU worker gets up to 4 cores by default: more actors of fewer threads each hold a model copy.
+        cpus = cpus_per_worker if cpus_per_worker is not None else \
+            (1.0 if gpu else float(threads or min(4, max(1, int(total_cpus) - 1))))
         if workers is None:
             if gpus > 0:
                 workers = max(1, int(resources.get("GPU", 0) // gpus))
             else:  # leave a CPU for decoding and writing
-                workers = max(1, int((resources.get("CPU", 1) - 1) // cpus))
+                workers = max(1, int((total_cpus - 1) // cpus))
         if workers < 1:
             raise InputError(f"--workers {workers}: give at least 1")
+        if workers * cpus > total_cpus - 1:  # Ray Data would wait forever for a CPU to decode on
+            raise InputError(f"{workers} worker(s) x {cpus:g} CPU(s) leave less than one of the cluster's "
+                             f"{total_cpus:g} CPUs for decoding and writing; pass fewer --workers or "
+                             "--cpus-per-worker")
         say(f"[depthrt] {len(jobs)} image(s) -> {out}: {manifest['model']['name']} on Ray "
             f"({int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs): {workers} {resolved} "
             f"worker(s) with {cpus:g} CPU(s), {gpus:g} GPU(s) each")
