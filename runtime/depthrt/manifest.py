@@ -66,6 +66,9 @@ def read_manifest(bundle: str | os.PathLike) -> dict:
         raise BundleError(
             f"'{path}' is not valid JSON ({exc}); the file was edited or damaged: re-export the bundle"
         ) from None
+    except RecursionError:  # nested deeper than Python's recursion limit: no manifest is
+        raise BundleError(f"'{path}' is nested too deeply to be a manifest; the file was edited or damaged: "
+                          "re-export the bundle") from None
     validate_manifest(manifest, where=str(path))
     for graph in manifest["graphs"]:
         for name, size in ((graph["file"], graph["bytes"]), (graph.get("external_data"), None)):

@@ -31,6 +31,14 @@ class _Discrete:
             self.num_train_timesteps = int(spec.get("num_train_timesteps", len(self.alphas_cumprod)))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"the bundle's loop.scheduler lacks a valid {exc}; re-export the bundle") from None
+        # Every timestep indexes the coefficients: a short, non-finite or out-of-range table would
+        # fail (or give NaN) mid-run, so refuse it at load.
+        a = self.alphas_cumprod
+        if not (a.ndim == 1 and 1 <= self.num_train_timesteps <= a.size and np.isfinite(a).all()
+                and ((a >= 0) & (a <= 1)).all() and 0 <= self.final_alpha_cumprod <= 1):
+            raise BundleError(f"the bundle's loop.scheduler coefficients are invalid ({a.size} alphas_cumprod "
+                              f"for {self.num_train_timesteps} training timesteps, each in 0..1 expected); "
+                              "re-export the bundle")
         self.prediction_type = spec.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
             raise BundleError(f"scheduler prediction_type '{self.prediction_type}' is not one of "
