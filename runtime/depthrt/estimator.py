@@ -47,7 +47,15 @@ def _check_image(image, index: int | None) -> np.ndarray:
 
 
 class Estimator:
-    """A bundle loaded on one backend. Create it with :func:`depthrt.load`."""
+    """A bundle loaded on one backend. Create it with :func:`depthrt.load`.
+
+    One estimator may serve several threads at once (a server, a video pipeline): ``predict`` from
+    any number of threads gives each the result a serial call would, bit for bit. ort-cpu runs the
+    calls side by side; openvino too, with one infer request per concurrent call (memory for one set
+    of activations per thread running at that moment; as in serial use, a shape's first call runs
+    OpenVINO's any-shape model, within 1e-5 of the later ones); trt and ort-cuda take turns (one lock:
+    the GPU runs one engine at a time anyway, so only their host-side copies do not overlap).
+    """
 
     def __init__(self, bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32",
                  threads: int | None = None, manifest: dict | None = None):
@@ -195,6 +203,7 @@ def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp3
 
     Feed-forward families give an :class:`Estimator`; latent-diffusion families (Marigold, Lotus,
     LBM) a ``depthrt.diffusion`` estimator with the same ``predict`` plus step/ensemble options.
+    Both may be shared by several threads (see :class:`Estimator`).
     """
     from .bundle_check import loading, probe
 
