@@ -110,9 +110,11 @@ def test_predict_image_smaller_than_a_patch(bundle, tmp_path):
     assert_clean_error(run_cli("predict", str(bundle), str(tiny), "--out", str(tmp_path / "o")), "patch")
 
 
-def test_predict_extreme_aspect_ratio_names_the_range(bundle, tmp_path):
-    strip = _write_png(tmp_path / "strip.png", 100, 1000)  # becomes 518x56: below the height range
-    assert_clean_error(run_cli("predict", str(bundle), str(strip), "--out", str(tmp_path / "o")), "range")
+def test_predict_extreme_aspect_ratio_is_a_clear_error(bundle, tmp_path):
+    # 14 wide and 2000 high resizes to 3.6x518, which rounds to no patch at all (1000x100, 518x56, runs:
+    # the model's limit is one 14-pixel patch, not the 126 of the bundle's TensorRT profile)
+    strip = _write_png(tmp_path / "strip.png", 2000, 14)
+    assert_clean_error(run_cli("predict", str(bundle), str(strip), "--out", str(tmp_path / "o")), "too thin")
 
 
 def test_predict_very_large_image(bundle, tmp_path):

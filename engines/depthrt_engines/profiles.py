@@ -3,9 +3,11 @@
 A graph input's shape in the manifest mixes fixed sizes and named dynamic dims
 (``["batch", 3, "height", "width"]``); the graph's ``dynamic`` table gives each name its allowed
 range. A profile gives every input a min/opt/max shape; by default the manifest's ranges, or the
-user's ``--min/--opt/--max HxW`` and ``--batch`` where given. The manifest's range is what export
-validated, so an override outside it (or not on the dim's ``multiple_of``) is refused here rather
-than producing an engine that accepts sizes the model was never checked at.
+user's ``--min/--opt/--max HxW`` and ``--batch`` where given. An override must be a size the graph
+runs at: inside the manifest's ``limits`` (the model's own bounds; ONNX Runtime runs the same sizes),
+or, for bundles exported before those were recorded, inside the ``dynamic`` range export validated,
+and on the dim's ``multiple_of``; anything else is refused here rather than producing an engine that
+accepts sizes the model cannot run.
 """
 
 from __future__ import annotations
@@ -36,10 +38,16 @@ class InputProfile:
         return InputProfile(name, tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
 
 
-def _check_override(dim: str, wanted: Range, allowed: dict, graph: str) -> Range:
+def _check_override(dim: str, wanted: Range, allowed: dict, graph: str, limit: dict | None = None) -> Range:
+    """``wanted`` if the graph can run it: inside the manifest's ``limits`` for ``dim`` when it records
+    them (the model's own bounds), else inside its ``dynamic`` range (bundles from before limits)."""
     step = allowed.get("multiple_of", 1)
     for which, value in wanted.as_dict().items():
-        if not allowed["min"] <= value <= allowed["max"]:
+        if limit is not None:
+            if value < limit["min"] or ("max" in limit and value > limit["max"]):
+                bound = f"at least {limit['min']}" + (f" and at most {limit['max']}" if "max" in limit else "")
+                raise InputError(f"--{which} {dim} {value} is not a size graph '{graph}' runs at; choose {bound}")
+        elif not allowed["min"] <= value <= allowed["max"]:
             raise InputError(
                 f"--{which} {dim} {value} is outside the range graph '{graph}' was exported and checked for "
                 f"({allowed['min']}..{allowed['max']}); choose a value in that range"
@@ -61,7 +69,7 @@ def dim_ranges(graph: dict, config: BuildConfig) -> dict[str, Range]:
         if config.sizes is not None and dim in _SIZE_DIMS:
             axis = _SIZE_DIMS[dim]
             wanted = _check_override(dim, Range(*(config.sizes[k][axis] for k in ("min", "opt", "max"))),
-                                     allowed, graph["name"])
+                                     allowed, graph["name"], graph.get("limits", {}).get(dim))
         elif config.batch is not None and dim == "batch":
             wanted = _check_override(dim, config.batch, allowed, graph["name"])
         ranges[dim] = wanted

@@ -15,7 +15,7 @@ from depthrt.presets import find_preset
 from depthrt.progress import step
 
 from .diffusion import DIFFUSION_FAMILIES
-from .specs import family_for_config, get_spec
+from .specs import family_for_config, get_spec, graph_limits
 from .weights import resolve_weights
 
 ONNX_LIMIT = 2 * 1024**3  # protobuf's 2 GB limit: above it the weights go to external data
@@ -71,6 +71,7 @@ def _export_graph(model, spec, dynamic: dict, path: Path, opset: int) -> dict:
         "inputs": inputs,
         "outputs": outputs,
         "dynamic": dynamic,
+        "limits": graph_limits(dynamic),
     }
 
 

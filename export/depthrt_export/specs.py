@@ -68,6 +68,26 @@ def size_range(opt: int, multiple: int, keep_aspect: bool) -> dict:
     return {"min": max(down(lo), 2 * multiple), "opt": up(opt), "max": up(hi), "multiple_of": multiple}
 
 
+def graph_limits(dynamic: dict) -> dict:
+    """The manifest's ``limits`` for a graph with these ``dynamic`` ranges: the sizes it runs at on
+    backends without optimisation profiles (ONNX Runtime, OpenVINO), which is any size the model can do.
+
+    ``dynamic`` only bounds TensorRT's default profile. The graphs themselves take any multiple of
+    their patch (the ViT families, measured down to one patch) and any latent of at least one pixel
+    (the diffusion graphs; an image dim with a latent twin needs one latent pixel, ``factor`` of its
+    own), with no maximum but memory.
+    """
+    out = {}
+    for dim, r in dynamic.items():
+        if dim == "batch":
+            continue
+        step = int(r.get("multiple_of", 1))
+        twin = dynamic.get(f"latent_{dim}")
+        smallest = max(step, r["opt"] // twin["opt"]) if twin else step
+        out[dim] = {"min": smallest, "multiple_of": step}
+    return out
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

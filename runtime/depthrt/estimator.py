@@ -12,7 +12,7 @@ import numpy as np
 from . import processing
 from .backends import open_graph, resolve_backend
 from .errors import InputError
-from .manifest import read_manifest
+from .manifest import read_manifest, size_limits, size_problem
 
 
 @dataclass
@@ -44,6 +44,15 @@ def _check_image(image, index: int | None) -> np.ndarray:
     if image.dtype != np.uint8:
         raise InputError(f"{where} has dtype {image.dtype}; pass uint8 RGB values 0..255")
     return image
+
+
+def image_list(image) -> tuple[bool, list]:
+    """predict's first argument as (one image?, the images): an array, or a list or tuple of them."""
+    if isinstance(image, np.ndarray):
+        return True, [image]
+    if isinstance(image, (list, tuple)):
+        return False, list(image)
+    raise InputError(f"image is a {type(image).__name__}; pass an HxWx3 uint8 RGB numpy array, or a list of them")
 
 
 class Estimator:
@@ -79,6 +88,7 @@ class Estimator:
         self._metric = post.get("metric")
         dyn = self.graph["dynamic"]
         self._ranges = {axis: dyn[axis] for axis in ("height", "width") if axis in dyn}
+        self._limits = {axis: r for axis, r in size_limits(self.graph).items() if axis in ("height", "width")}
         self._max_batch = dyn.get("batch", {}).get("max", 1)
 
     def __repr__(self) -> str:
@@ -94,8 +104,7 @@ class Estimator:
         Depth Anything 3 metric model's output into metres. ``progress(done, total)`` is called after
         each finished image; an exception raised in it stops the run there (a cancel button).
         """
-        single = isinstance(image, np.ndarray)
-        images = [image] if single else list(image)
+        single, images = image_list(image)
         if not images:
             return []
         if focal_px is not None and not self._metric:
@@ -117,8 +126,15 @@ class Estimator:
 
     @property
     def size_ranges(self) -> dict:
-        """The graph's allowed input ``height`` and ``width`` ({min, opt, max, multiple_of})."""
+        """The graph's ``height`` and ``width`` ranges ({min, opt, max, multiple_of}): what export checked
+        and TensorRT's default profile; ONNX Runtime and OpenVINO run anything in :attr:`size_limits`."""
         return dict(self._ranges)
+
+    @property
+    def size_limits(self) -> dict:
+        """The model input's smallest and largest ``height`` and ``width`` ({min, max, multiple_of}; max
+        None: memory is the only bound). A TensorRT engine runs the sizes of its profile only."""
+        return dict(self._limits)
 
     def preprocess(self, image: np.ndarray, processing_resolution: int | None = None) -> tuple[np.ndarray, dict]:
         """One HxWx3 uint8 image -> (float32 (3, h, w) model input, meta for :meth:`postprocess`)."""
@@ -183,14 +199,10 @@ class Estimator:
                 f"pass an image of at least {patch}x{patch}"
             )
         tensor, meta = processing.preprocess(image, self.manifest["preprocessing"], resolution)
-        for axis, size in zip(("height", "width"), tensor.shape[1:]):
-            r = self._ranges.get(axis)
-            if r and not r["min"] <= size <= r["max"]:
-                raise InputError(
-                    f"{where} ({w}x{h}) becomes {tensor.shape[2]}x{tensor.shape[1]} after resizing, outside "
-                    f"this bundle's supported {axis} range {r['min']}..{r['max']}; crop it to a less "
-                    "extreme aspect ratio"
-                )
+        problem = size_problem(self.graph, {"height": tensor.shape[1], "width": tensor.shape[2]})
+        if problem:
+            raise InputError(f"{where} ({w}x{h}) becomes {tensor.shape[2]}x{tensor.shape[1]} after resizing: "
+                             f"{problem}; crop it to a less extreme aspect ratio or change processing_resolution")
         return tensor, meta
 
 

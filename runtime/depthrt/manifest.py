@@ -88,6 +88,35 @@ def read_manifest(bundle: str | os.PathLike) -> dict:
     return manifest
 
 
+def size_limits(graph: dict) -> dict:
+    """{dim: {"min", "max" (None: no bound but memory), "multiple_of"}} for the named dynamic dims of
+    ``graph`` but ``batch``: the sizes it runs at on backends without optimisation profiles (ONNX
+    Runtime, OpenVINO). From the manifest's ``limits``; bundles exported before it was recorded get
+    their ``dynamic`` ranges, as they always did."""
+    if "limits" in graph:
+        return {dim: {"min": r["min"], "max": r.get("max"), "multiple_of": r.get("multiple_of", 1)}
+                for dim, r in graph["limits"].items()}
+    return {dim: {"min": r["min"], "max": r["max"], "multiple_of": r.get("multiple_of", 1)}
+            for dim, r in graph["dynamic"].items() if dim != "batch"}
+
+
+def size_problem(graph: dict, sizes: dict) -> str | None:
+    """Why the sizes ``{dim: size}`` cannot run through ``graph`` (see :func:`size_limits`), or None."""
+    limits = size_limits(graph)
+    for dim, size in sizes.items():
+        r = limits.get(dim)
+        if r is None:
+            continue
+        if size < r["min"] or (r["max"] is not None and size > r["max"]):
+            if "limits" not in graph:
+                return (f"outside this bundle's supported {dim} range {r['min']}..{r['max']} (an older bundle: "
+                        "re-export it with this depthrt to run any size the model can)")
+            if size < r["min"]:
+                return f"its {dim} {size} is below the smallest this model runs at, {r['min']}"
+            return f"its {dim} {size} is above the largest this model runs at, {r['max']}"
+    return None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -265,3 +265,48 @@ def test_device_array_of_another_dtype_is_refused(fake):
     runner, _ = make()
     with pytest.raises(BackendError, match="is float16 on the device; the engine takes float32: convert it first"):
         runner.run({"pixel_values": HostCudaArray(_input((1, 3, 28, 28), 0).astype(np.float16))})
+
+
+def test_out_of_profile_refusal_names_the_build_that_covers_it(fake, fake_bundle):
+    """An engine built for 266..1036 refuses a 98x140 input (inside the bundle's limits) with the exact
+    `depthrt build` command that covers it; that command parses, builds (its --min is inside the limits,
+    below the old 126 range) and its engine runs the input. Outside the limits the build is refused."""
+    import argparse
+    import json
+    import re
+    import shlex
+
+    from depthrt_engines.cli import add_build_arguments, config_from_args
+
+    manifest = json.loads((fake_bundle / "manifest.json").read_text())
+    for graph in manifest["graphs"]:  # as export writes it now
+        graph["limits"] = {"height": {"min": 14, "multiple_of": 14}, "width": {"min": 14, "multiple_of": 14}}
+    (fake_bundle / "manifest.json").write_text(json.dumps(manifest))
+    first = BuildConfig(precision="fp16", sizes={"min": (266, 266), "opt": (518, 518), "max": (1036, 1036)})
+    build_bundle(fake_bundle, first, fake_builder, environment=GPU_ENV, progress=False, use_timing_cache=False)
+    graph = read_manifest(fake_bundle)["graphs"][0]
+    x = _input((1, 3, 98, 140), 0)
+    with pytest.raises(InputError, match="1x3x98x140 is outside the engine's profile") as info:
+        trt_backend.open_runner(fake_bundle, graph, "trt", "fp16", None).run({"pixel_values": x})
+    command = re.search(r"rebuild the engine to cover it: `(.*)`", str(info.value)).group(1)
+    assert command == shlex.join(["depthrt", "build", str(fake_bundle), "--precision", "fp16", "--min", "98x140",
+                                  "--opt", "518x518", "--max", "1036x1036"])
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    args = parser.parse_args(shlex.split(command)[2:])
+    build_bundle(fake_bundle, config_from_args(args), fake_builder, environment=GPU_ENV, progress=False,
+                 use_timing_cache=False)
+    runner = trt_backend.open_runner(fake_bundle, graph, "trt", "fp16", None)  # the newest engine
+    np.testing.assert_allclose(runner.run({"pixel_values": x})["predicted_depth"], _expected(x), rtol=1e-5, atol=1e-6)
+    below = BuildConfig(precision="fp16", sizes={"min": (7, 14), "opt": (518, 518), "max": (1036, 1036)})
+    with pytest.raises(InputError, match="--min height 7 is not a size graph 'model' runs at; choose at least 14"):
+        build_bundle(fake_bundle, below, fake_builder, environment=GPU_ENV, progress=False, use_timing_cache=False)
+
+
+def test_out_of_profile_latent_or_batch_names_the_options(fake):
+    """An input whose height and width are not what --min/--max set (a latent, or a batch over the
+    profile) gets the options to widen, not a wrong command."""
+    make, _ = fake
+    runner, _ = make()
+    with pytest.raises(InputError, match=r"rebuild the engine with a wider profile \(`depthrt build B` with --min HxW"):
+        runner.run({"pixel_values": _input((5, 3, 28, 28), 0)})

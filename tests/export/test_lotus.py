@@ -59,6 +59,26 @@ def test_lotus_runtime_matches_reference_loop(lotus, preset):
             assert np.allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-4)
 
 
+def test_lotus_beyond_the_old_range_and_its_own_minimum(lotus):
+    """25x2000 at 768 becomes 9x768 (a 1x96 latent) and 100x1000 at 2100 becomes 210x2100: below and
+    above the 32..2048 the bundle used to refuse, matching the reference loop; 20x2000 at 768 would be
+    7 pixels high, less than one latent pixel, and is refused saying so."""
+    from depthrt_export.diffusion.reference_lotus import run_lotus_reference
+
+    _, est, parts = lotus("lotus-depth-d-v2-0-disparity")
+    rng = np.random.default_rng(4)
+    for h, w, res in ((25, 2000, 768), (100, 1000, 2100)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ref = run_lotus_reference(parts, image, None, processing_res=res)
+        got = est.predict(image, processing_resolution=res).depth
+        rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        print(f"lotus-d {w}x{h} @ {res}: rel-L2 {rel:.2e}")
+        assert got.shape == (h, w) and rel <= TOLERANCE
+    with pytest.raises(InputError, match="becomes 768x7 for the model: its height 7 is below the smallest this "
+                                         "model runs at, 8"):
+        est.predict(np.zeros((20, 2000, 3), np.uint8), processing_resolution=768)
+
+
 def test_lotus_g_noise_changes_the_prediction(lotus):
     """G really consumes its noise: two draws give two maps (D has none)."""
     _, est, _ = lotus("lotus-depth-g-v2-1-disparity")

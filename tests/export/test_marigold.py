@@ -123,10 +123,21 @@ def test_bad_inputs_are_clear(marigold):
         est.predict(image, processing_resolution=100)
     with pytest.raises(InputError, match="extreme aspect ratio"):
         est.predict(np.zeros((1, 2000, 3), np.uint8), processing_resolution=768)
-    with pytest.raises(InputError, match="supported height range 32..2048"):
-        est.predict(np.zeros((20, 2000, 3), np.uint8), processing_resolution=768)
     with pytest.raises(InputError, match="uint8"):
         est.predict(image.astype(np.float32))
+
+
+def test_sizes_beyond_the_old_range_match_diffusers(marigold):
+    """20x2000 at 768 is a 7x768 image padded to 8x768 (a 1x96 latent), 100x1000 at 2056 a 208x2056 one:
+    below and above the 32..2048 the bundle used to refuse, both as diffusers runs them."""
+    from depthrt_export.diffusion.check_marigold import format_report, run_check
+
+    weights, bundle = marigold("marigold-depth-v1-1")
+    assert read_manifest(bundle)["graphs"][0]["limits"]["height"] == {"min": 8, "multiple_of": 8}
+    for size, res in (((20, 2000), 768), ((100, 1000), 2056)):
+        report = run_check(bundle, weights=str(weights), sizes=(size,), processing_resolution=res, steps=(1,))
+        print(format_report(report))
+        assert report["passed"] and report["worst_rel_l2"] <= 1e-2, format_report(report)
 
 
 def test_missing_component_and_damaged_bundle(marigold, tmp_path):

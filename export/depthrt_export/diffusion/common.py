@@ -250,6 +250,8 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int) -> dict:
     import onnx
     import torch
 
+    from ..specs import graph_limits
+
     out_dir = Path(out_dir)
     tmp = out_dir / f".{spec.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -288,6 +290,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, opset: int) -> dict:
         "inputs": [t.entry() for t in spec.inputs],
         "outputs": [t.entry() for t in spec.outputs],
         "dynamic": spec.dynamic,
+        "limits": graph_limits(spec.dynamic),
     }
     kit.attach([entry], spec.name, kit.write_module_kit(spec, out_dir))  # Polygraphy parity kit
     return entry

@@ -390,6 +390,7 @@ def export_unet(ckpt: LbmCheckpoint, dynamic: dict, out_dir: Path, opset: int, h
     from depthrt.manifest import sha256_file
 
     from ..kit import attach, write_module_kit
+    from ..specs import graph_limits
     from .common import export_graph, unet_spec
 
     lh, lw = TRACE_LATENT
@@ -427,7 +428,7 @@ def export_unet(ckpt: LbmCheckpoint, dynamic: dict, out_dir: Path, opset: int, h
         shutil.rmtree(tmp, ignore_errors=True)
     entry = {"name": "unet", "file": path.name, "external_data": data, "sha256": sha256_file(path),
              "bytes": path.stat().st_size, "opset": opset, "precision": "fp32", "inputs": inputs,
-             "outputs": outputs, "dynamic": ranges}
+             "outputs": outputs, "dynamic": ranges, "limits": graph_limits(ranges)}
     attach([entry], "unet", parity_kit)
     return entry
 

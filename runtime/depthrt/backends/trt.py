@@ -264,18 +264,42 @@ def _checked_plan(meta_path: Path, meta: dict, bundle: Path) -> Path:
     return plan
 
 
-def check_shapes(profiles: dict[str, dict], feeds: dict[str, np.ndarray]) -> None:
-    """Reject inputs the engine's profile does not cover, naming the supported range."""
+def covering_build(rebuild: str, profile: dict, shape: tuple) -> str | None:
+    """The `depthrt build` command ``rebuild`` with --min/--opt/--max HxW widened to cover ``shape``, an
+    RGB input (N, 3, H, W) that only its height and width put outside ``profile``; None otherwise
+    (another input, such as a latent, or the batch: those sizes are not what --min/--max set)."""
+    lo, opt, hi = profile["min"], profile["opt"], profile["max"]
+    if len(shape) != 4 or lo[1] != 3 or shape[1] != 3 or not lo[0] <= shape[0] <= hi[0]:
+        return None
+    low = [min(a, v) for a, v in zip(lo[2:], shape[2:])]
+    high = [max(b, v) for b, v in zip(hi[2:], shape[2:])]
+    args, kept = shlex.split(rebuild), []
+    while args:
+        arg = args.pop(0)
+        if arg in ("--min", "--opt", "--max"):
+            args = args[1:]
+            continue
+        kept.append(arg)
+    return shlex.join(kept + ["--min", "{}x{}".format(*low), "--opt", "{}x{}".format(*opt[2:]),
+                              "--max", "{}x{}".format(*high)])
+
+
+def check_shapes(profiles: dict[str, dict], feeds: dict[str, np.ndarray], rebuild: str = "depthrt build BUNDLE") -> None:
+    """Reject inputs the engine's profile does not cover, naming the supported range and the build
+    command (``rebuild``: the one that made this engine) that would cover them."""
     if set(feeds) != set(profiles):
         raise InputError(f"the engine takes inputs {sorted(profiles)}, and was given {sorted(feeds)}")
     for name, profile in profiles.items():
         shape, lo, hi = tuple(feeds[name].shape), profile["min"], profile["max"]
         if len(shape) != len(lo) or not all(a <= v <= b for a, v, b in zip(lo, shape, hi)):
             dims = "x".join
+            command = covering_build(rebuild, profile, shape)
+            how = (f"rebuild the engine to cover it: `{command}`" if command else
+                   f"rebuild the engine with a wider profile (`{rebuild}` with --min HxW --opt HxW --max HxW, "
+                   "--batch MIN:OPT:MAX)")
             raise InputError(
                 f"input '{name}' of shape {dims(map(str, shape))} is outside the engine's profile: it supports "
-                f"{dims(map(str, lo))} to {dims(map(str, hi))}; resize the image into that range, or rebuild "
-                "the engine with a wider --min/--max (depthrt build BUNDLE --min HxW --opt HxW --max HxW)"
+                f"{dims(map(str, lo))} to {dims(map(str, hi))}; resize the image into that range, or {how}"
             )
 
 
@@ -346,6 +370,7 @@ class TrtRunner:
     def __init__(self, plan: Path, meta: dict, backend: str, rebuild: str, runtime: str | None = None):
         self.name, self.meta = backend, meta
         self.profiles = meta["plan"]["profiles"]
+        self.rebuild = rebuild  # the `depthrt build` command that made this engine
         self.runtime = runtime or (FULL if backend == "trt" else RTX)  # the module that loads the plan
         if TYPE_CHECKING:  # mypy checks these calls against tensorrt-stubs (scripts/typecheck-trt)
             import tensorrt as trt
@@ -435,7 +460,7 @@ class TrtRunner:
         take turns (one lock), since the execution context holds one input shape and the staging
         buffers and captured graphs are shared; the GPU runs one engine at a time anyway, so the cost
         is only that host-side copies of different threads do not overlap."""
-        check_shapes(self.profiles, feeds)
+        check_shapes(self.profiles, feeds, self.rebuild)
         with self._run_lock:
             return self._run_locked(feeds)
 
@@ -484,7 +509,7 @@ class TrtRunner:
         The inputs are copied to the device once; then each run is ``execute_async_v3`` between two
         CUDA events on our stream (no host copies, no CUDA graph), timed by the events.
         """
-        check_shapes(self.profiles, feeds)
+        check_shapes(self.profiles, feeds, self.rebuild)
         state = self._state_for(feeds)
         self._stage(state, feeds)
         self._upload(state)

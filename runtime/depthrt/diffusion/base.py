@@ -16,8 +16,8 @@ import numpy as np
 from .. import processing
 from ..backends import open_graph
 from ..errors import BundleError, InputError
-from ..estimator import Prediction
-from ..manifest import sha256_file
+from ..estimator import Prediction, image_list
+from ..manifest import sha256_file, size_problem
 
 _F32 = np.float32
 _STEP_HOOKS = threading.local()  # per thread: {id(estimator): progress hook of its running predict}
@@ -185,14 +185,12 @@ class DiffusionEstimator:
         return self.graphs[graph]["dynamic"].get(dim)
 
     def check_image_size(self, height: int, width: int, where: str, original: tuple[int, int]) -> None:
-        """Refuse a processed size outside the encoder's range, naming the range."""
-        for axis, size in (("height", height), ("width", width)):
-            r = self.dynamic("vae_encoder", axis)
-            if r and not r["min"] <= size <= r["max"]:
-                raise InputError(
-                    f"{where} ({original[1]}x{original[0]}) becomes {width}x{height} for the model, outside this "
-                    f"bundle's supported {axis} range {r['min']}..{r['max']}; crop it to a less extreme aspect "
-                    "ratio or choose another processing_resolution")
+        """Refuse a processed size the encoder cannot run (its ``limits``), saying why."""
+        problem = size_problem(self.graphs["vae_encoder"], {"height": height, "width": width})
+        if problem:
+            raise InputError(
+                f"{where} ({original[1]}x{original[0]}) becomes {width}x{height} for the model: {problem}; crop "
+                "it to a less extreme aspect ratio or choose another processing_resolution")
 
     def _chunks(self, graph: str, n: int):
         r = self.dynamic(graph, "batch")
@@ -243,8 +241,7 @@ class DiffusionEstimator:
         denoising step (one UNet call; ``total`` = images x steps) and after each finished image; an
         exception raised in it stops the run there (a cancel button).
         """
-        single = isinstance(image, np.ndarray)
-        images = [image] if single else list(image)
+        single, images = image_list(image)
         if not images:
             return []
         steps = self.loop.get("default_steps", 1) if num_inference_steps is None else num_inference_steps

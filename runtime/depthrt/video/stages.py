@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import processing
 from ..errors import InputError
+from ..manifest import size_problem
 from .opencv import cv2
 
 
@@ -46,15 +47,15 @@ class FrameModel:
         return processing.resize_output_size(height, width, resize)
 
     def check_frame_size(self, height: int, width: int) -> tuple[int, int]:
-        """Fail before the run when frames of this size fall outside the graph's ranges."""
+        """Fail before the run when frames of this size are a model input the graph cannot run."""
         h, w = self.model_size(height, width)
         for axis, size in (("height", h), ("width", w)):
-            r = self.est.size_ranges.get(axis)
-            if r and not r["min"] <= size <= r["max"]:
+            r = self.est.size_limits.get(axis)
+            if r and (size < r["min"] or (r["max"] is not None and size > r["max"])):
                 change = "a larger" if size < r["min"] else "a smaller"
                 how = f"pass {change} --resolution" if self.resolution else "pass --resolution N to change it"
-                raise InputError(f"{width}x{height} frames become a {w}x{h} model input, outside this bundle's "
-                                 f"supported {axis} range {r['min']}..{r['max']}; {how}")
+                raise InputError(f"{width}x{height} frames become a {w}x{h} model input: "
+                                 f"{size_problem(self.est.graph, {axis: size})}; {how}")
         return h, w
 
     def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, dict]:
