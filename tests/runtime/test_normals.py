@@ -65,3 +65,19 @@ def test_bad_arguments_are_clear():
     with pytest.raises(InputError, match="normals from depth need a depth map"):
         normals_from_depth(d, "normals")
     assert np.allclose(normals_from_depth(d, "relative_inverse_depth"), [0, 0, 1])  # constant: flat, no NaN
+
+
+def test_predict_saves_normal_maps_from_depth(tmp_path):
+    from PIL import Image
+
+    from depthrt.estimator import Prediction
+    from depthrt.outputs import parse_save, suffixes, write_map
+
+    assert parse_save("controlnet,normals", normals=False) == ["controlnet", "normals"]
+    assert parse_save("color,normals", normals=True) == ["color"]  # a normals bundle's map is its color map
+    assert suffixes()["normals"] == ".normals.png"
+    yy, xx = np.mgrid[0:20, 0:30].astype(np.float32)
+    pred = Prediction(depth=1.0 + xx / 10 + np.sin(yy / 3), kind="metric_depth", units="m")
+    path = write_map("normals", tmp_path / "a.normals.png", pred)
+    expected = normals_to_rgb(normals_from_depth(pred.depth, "metric_depth"))
+    assert np.array_equal(np.asarray(Image.open(path)), expected)
