@@ -70,6 +70,26 @@ def head_nodes(graph, scopes=HEAD_SCOPES) -> list[str]:
     return out
 
 
+def shape_nodes(graph) -> list[str]:
+    """Names of nodes computed from tensor shapes: a ``Shape`` and whatever reads only its outputs,
+    other shape-derived tensors and constants (position-embedding coordinates, resize scales).
+
+    Such arithmetic is exact in fp32 but not in fp16 (integers above 2048 round), and a strongly typed
+    builder refuses the fp16/fp32 mixes the converter leaves in it (TensorRT-RTX on DA3: "element type
+    (float) differs from ... (half)"). It is scalars and small vectors: keeping it fp32 costs nothing.
+    """
+    consts = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    derived: set[str] = set()
+    out = []
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Shape" or (any(i in derived for i in inputs)
+                                       and all(i in derived or i in consts for i in inputs)):
+            derived.update(node.output)
+            out.append(node.name)
+    return out
+
+
 def toposort(graph) -> None:
     """Order ``graph.node`` topologically, in place (the converter appends its casts at the end)."""
     produced = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
@@ -180,7 +200,7 @@ def convert(src: str | Path, dst: str | Path, scopes=HEAD_SCOPES, keep_nodes=(),
             node.name = f"_depthrt_node_{i}"
             unnamed += 1
     blocked_nodes = sorted(set(attention_score_nodes(model.graph)) | set(head_nodes(model.graph, scopes))
-                           | set(keep_nodes))
+                           | set(shape_nodes(model.graph)) | set(keep_nodes))
     op_block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=op_block,
                                     node_block_list=blocked_nodes, disable_shape_infer=not infer)

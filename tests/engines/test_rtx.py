@@ -73,13 +73,7 @@ def test_trt_rtx_builds_every_graph_from_its_fp32_graph_with_its_dynamic_profile
         assert path == engine.path
 
 
-# DA3's fp16 variant computes its position-embedding coordinates (Shape -> Range/Reciprocal -> Mul) in fp16;
-# TensorRT-RTX's shape inference refuses the float x half Mul this leaves ("Input 0's element type (float)
-# differs from input 1's element type (half)"). The fix belongs in the fp16 conversion (shape arithmetic
-# stays fp32); strict, so this test fails once it is fixed and the mark must go.
-DA3_FP16 = pytest.mark.xfail(strict=True, reason="DA3's fp16 variant has shape arithmetic in fp16, which "
-                                                 "TensorRT-RTX rejects")
-FP16_PRESETS = [pytest.param(p, marks=DA3_FP16) if p.startswith("da3") else p for p in FAMILY_PRESETS + MORE_PRESETS]
+FP16_PRESETS = FAMILY_PRESETS + MORE_PRESETS
 
 
 @pytest.mark.parametrize("preset", FP16_PRESETS)
