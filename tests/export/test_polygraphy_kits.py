@@ -48,6 +48,7 @@ def _cli(bundle: Path, graph: dict, outputs: Path | None = None) -> list[str]:
     return argv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", FAMILY_PRESETS)
 def test_every_graph_passes_its_kit_with_polygraphy_onnxrt(preset, tiny_bundle):
     bundle, manifest = tiny_bundle(preset)
@@ -130,3 +131,19 @@ def test_check_on_trt_without_tensorrt_says_what_to_install(tiny_bundle):
     bundle, _ = tiny_bundle("depth-anything-v2-small")
     result = run_cli("check", str(bundle), "--backend", "trt")
     assert_clean_error(result, "Polygraphy's TensorRT runner", "pip install 'depthrt[trt]'")
+
+
+def test_fp16_variants_added_later_get_the_fp16_tolerances(tiny_bundle, tmp_path):
+    from depthrt.manifest import read_manifest, write_json_atomic
+    from depthrt_export.fp16 import add_fp16_variants
+
+    bundle, manifest = tiny_bundle("depth-anything-v2-small")
+    copy = _copy(bundle, tmp_path / "bundle")
+    stripped = {**manifest, "graphs": [g for g in manifest["graphs"] if g.get("precision", "fp32") == "fp32"]}
+    write_json_atomic(copy / "manifest.json", stripped)
+    (copy / "model.fp16.onnx").unlink()
+    add_fp16_variants(copy)
+    by_precision = {g.get("precision", "fp32"): g["parity_kit"] for g in read_manifest(copy)["graphs"]}
+    assert by_precision["fp16"]["inputs"] == by_precision["fp32"]["inputs"]
+    assert by_precision["fp16"]["tolerances"]["predicted_depth"]["rtol"] == kit.LIMITS["fp16"]
+    assert by_precision["fp32"]["tolerances"]["predicted_depth"]["rtol"] == kit.LIMITS["fp32"]
