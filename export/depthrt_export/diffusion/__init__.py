@@ -46,7 +46,9 @@ module (``depthrt.diffusion.<type>``); common fields::
      "vae_scale_factor": 8, "latent_channels": 4, "scaling_factor": 0.18215,
      "text_embedding": {"file": "empty_prompt.npy", "shape": [1, 2, 1024], "dtype": "float32",
                         "sha256": "...", "bytes": n},
-     ...family fields (Marigold: "task", "use_full_z_range"; Lotus: task switcher; ...)}
+     ...family fields (Marigold: "task", "use_full_z_range"; Lotus: task switcher; LBM: "task",
+        "bridge_noise_sigma", "aspect_buckets", "decoder_tiles": {"latent_tile": 128, "overlap": 16, ...},
+        the tiles upstream decodes larger latents in (null in bundles from before: the same); ...)}
 
 The coefficients (``alphas_cumprod``) are taken from diffusers' scheduler object at export, so a
 C++ reader needs no beta-schedule code; timesteps for N steps follow ``timestep_spacing``
