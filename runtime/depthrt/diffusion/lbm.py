@@ -4,7 +4,7 @@
    ``processing_resolution`` 1024, scaled proportionally otherwise, multiples of 8) with PIL's
    bicubic filter, then ``/ 255 * 2 - 1``.
 2. Source latent = VAE posterior mean x scaling factor (upstream samples the posterior; the mean is
-   deterministic). The bridge starts there: no initial noise.
+   deterministic), in one encoder call at any size (upstream tiles only the decode). The bridge starts there: no initial noise.
 3. N flow-matching Euler steps: sigmas ``linspace(1, 1/N, N)`` then 0, timestep ``sigma * 1000``;
    ``x <- x + (sigma_next - sigma) * unet(x, t)``; after every step but the last, the bridge noise
    ``bridge_noise_sigma * sqrt(sigma_next (1 - sigma_next)) * noise``. ``latents`` (optional) are
