@@ -178,13 +178,13 @@ def test_diffusion_normals_with_progress_per_step(comfy, marigold_normals):
     os.symlink(marigold_normals, models / marigold_normals.name)
     image, rgb = frames(2, 48, 64)
     (model,) = nodes.DepthrtLoadBundle().load(marigold_normals.name, "ort-cpu", "fp32")
-    (normals,) = nodes.DepthrtNormalMap().run(model, image, 0, 2, 1, 7)
+    (normals,) = nodes.DepthrtNormalMap().run(model, image, 64, 2, 1, 7)  # small: fast
     assert state.updates == [(0, 2)] + [(i, 4) for i in range(1, 5)]  # 2 images x 2 steps
-    preds = model.predict(list(rgb), num_inference_steps=2, seed=7)
+    preds = model.predict(list(rgb), num_inference_steps=2, seed=7, processing_resolution=64)
     assert np.array_equal(np.rint(normals.numpy() * 255).astype(np.uint8),
                           np.stack([normals_to_rgb(p.normals) for p in preds]))
     with pytest.raises(InputError, match="predicts surface normals.*DepthrtNormalMap"):
-        nodes.DepthrtDepthMap().run(model, image, 0, 2, 1, 7)
+        nodes.DepthrtDepthMap().run(model, image, 64, 2, 1, 7)
 
 
 def test_errors_say_what_to_do(comfy):
