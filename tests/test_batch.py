@@ -188,3 +188,10 @@ def test_progress_line_shows_rate_and_eta():
     line = counter.line(2)
     assert "2/10 images" in line and "0.50 images/s" in line and "ETA 0:16" in line
     assert "1 failed" in counter.line(2, failed=1) and "ETA --" in counter.line(10)
+
+
+def test_ray_mode_without_ray_installed_names_the_extra(bundle, tmp_path, monkeypatch):
+    make_tree(tmp_path / "in", count=1, bad=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
+    with pytest.raises(InputError, match=r"pip install 'depthrt\[ray\]'"):
+        batch.run(bundle, str(tmp_path / "in"), tmp_path / "o", backend="ort-cpu", ray="")
