@@ -178,6 +178,8 @@ def test_batch_size_outside_the_graph_range_is_refused(bundle, tmp_path):
     make_tree(tmp_path / "in", count=1, bad=False)
     assert_clean_error(run_cli("batch", str(bundle), str(tmp_path / "in"), "--out", str(tmp_path / "o"), *CPU,
                                "--batch-size", "99"), "--batch-size 99", "1..8")
+    with pytest.raises(InputError, match="add --ray"):
+        batch.run(bundle, str(tmp_path / "in"), tmp_path / "o", workers=2)
 
 
 def test_progress_line_shows_rate_and_eta():

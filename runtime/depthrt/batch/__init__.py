@@ -61,6 +61,8 @@ def run(bundle, input: str, out, *, backend: str = "auto", precision: str = "fp3
     from ..progress import Counter
 
     say = log or (lambda message: print(message, file=sys.stderr))
+    if ray is None and (workers, gpus_per_worker, cpus_per_worker) != (None, None, None):
+        raise InputError("--workers, --gpus-per-worker and --cpus-per-worker size the Ray job: add --ray")
     manifest = read_manifest(bundle)
     if manifest["model"]["family"] in DIFFUSION_FAMILIES:
         raise InputError(f"depthrt batch runs feed-forward models; {manifest['model']['name']} is a diffusion model: "
