@@ -195,6 +195,19 @@ def resize_output_size(height: int, width: int, resize: dict) -> tuple[int, int]
             _round_to_multiple(scale_w * width, multiple))
 
 
+# The most pixels a resize may produce: Pillow's decompression-bomb limit, which read_image applies
+# to input files too. Far above what a model runs; below it no resize can exhaust memory.
+MAX_PIXELS = 89_478_485
+
+
+def check_target_size(height: int, width: int, original: tuple[int, int]) -> None:
+    """Refuse a resize target above MAX_PIXELS (a huge processing_resolution) before allocating it."""
+    if height * width > MAX_PIXELS:
+        raise InputError(f"an image of {original[1]}x{original[0]} pixels would be resized to {width}x{height} "
+                         f"({height * width / 1e6:.0f} megapixels) for the model, more than depthrt processes "
+                         f"({MAX_PIXELS / 1e6:.0f}); use a smaller processing_resolution")
+
+
 def _check_image(image) -> None:
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
@@ -259,7 +272,10 @@ def _resize_long_side(img: np.ndarray, spec: dict) -> np.ndarray:
         raise InputError("the long_side resize must come before rescale/normalize in preprocessing.order")
     resize = _opencv_resize()
     hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
-    for h, w, method in long_side_plan(hwc.shape[0], hwc.shape[1], spec):
+    plan = long_side_plan(hwc.shape[0], hwc.shape[1], spec)
+    for h, w, _ in plan:
+        check_target_size(h, w, hwc.shape[:2])
+    for h, w, method in plan:
         hwc = resize(hwc, (w, h), method)
     return hwc.transpose(2, 0, 1)
 
@@ -275,6 +291,10 @@ def with_resolution(resize: dict, resolution: int | None) -> dict:
     resolution = int(resolution)
     if resolution < 1:
         raise InputError(f"processing resolution must be a positive number of pixels, got {resolution}")
+    multiple = int(resize.get("multiple_of", 1) or 1)
+    if resolution < multiple:  # sizes round to the multiple: below it every image would become 0 pixels
+        raise InputError(f"processing resolution {resolution} is smaller than this model's size step "
+                         f"({multiple} pixels); use at least {multiple}")
     if resize.get("rule") == "long_side":
         return {**resize, "long_side": resolution}
     ratio = resize["width"] / resize["height"]
@@ -290,6 +310,7 @@ def _resize(img: np.ndarray, spec: dict, original: tuple[int, int]) -> np.ndarra
         raise InputError(
             f"image of {original[0]}x{original[1]} pixels is too small or too thin for this model "
             f"(it would be resized to {out_h}x{out_w}); use a larger image")
+    check_target_size(out_h, out_w, original)
     backend = spec.get("backend", "pil")
     if backend == "pil":
         # transformers hands uint8 images to PIL as-is (and PIL antialiases when shrinking).

@@ -185,7 +185,8 @@ class DiffusionEstimator:
         return self.graphs[graph]["dynamic"].get(dim)
 
     def check_image_size(self, height: int, width: int, where: str, original: tuple[int, int]) -> None:
-        """Refuse a processed size the encoder cannot run (its ``limits``), saying why."""
+        """Refuse a processed size the encoder cannot run (its ``limits``) or too large to allocate, saying why."""
+        processing.check_target_size(height, width, original)
         problem = size_problem(self.graphs["vae_encoder"], {"height": height, "width": width})
         if problem:
             raise InputError(
@@ -260,7 +261,10 @@ class DiffusionEstimator:
             if len(latent_list) != len(images):
                 raise InputError(f"latents has {len(latent_list)} entries for {len(images)} images; pass one "
                                  "array per image")
-        rng = np.random.default_rng(seed)
+        try:
+            rng = np.random.default_rng(seed)
+        except (TypeError, ValueError):  # numpy's own words name neither the argument nor the fix
+            raise InputError(f"seed must be None or a whole number >= 0, not {seed!r}") from None
         preds = []
         per_image = int(steps) if isinstance(steps, (int, np.integer)) and steps > 0 else 1  # predict_one checks it
         total, done = len(images) * per_image, 0

@@ -111,6 +111,7 @@ class Estimator(DiffusionEstimator):
                 raise InputError(f"{where} ({w0}x{h0}) has an extreme aspect ratio: at processing_resolution "
                                  f"{resolution} its short side would be 0 pixels; crop it, or raise "
                                  "processing_resolution")
+            self.check_image_size(h, w, where, (h0, w0))  # before the resize allocates it
             x = resize_antialias(x, (h, w), self.resample_input)
         x, padding = pad_to_multiple(x, self.factor)
         self.check_image_size(x.shape[2], x.shape[3], where, (h0, w0))
