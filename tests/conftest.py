@@ -57,6 +57,31 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint):
     return make
 
 
+@pytest.fixture()
+def small_filesystem(tmp_path):
+    """small_filesystem(kib) -> an empty folder on a tmpfs of that many KiB: a disk that really fills up.
+    Skips where a tmpfs cannot be mounted (not root, or no permission to mount)."""
+    mounted: list[Path] = []
+
+    def make(kib: int) -> Path:
+        point = tmp_path / f"small-fs-{len(mounted)}"
+        point.mkdir()
+        try:
+            done = os.geteuid() == 0 and subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "depthrt-test", str(point)],
+                capture_output=True).returncode == 0
+        except OSError:  # no mount command
+            done = False
+        if not done:
+            pytest.skip("needs a size-limited tmpfs: run as root where mount -t tmpfs is allowed")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `depthrt ARGS` in a fresh process, as a user would."""
     full_env = {**os.environ, **(env or {})}

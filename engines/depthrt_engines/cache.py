@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from depthrt.backends.trt import ENGINES_DIR, METADATA_FORMAT, METADATA_VERSION
-from depthrt.errors import OutputError
+from depthrt.errors import OutputError, disk_full
 from depthrt.manifest import sha256_file
 
 from .plan import BuildPlan
@@ -127,6 +127,12 @@ class EngineCache:
             }
             write_atomic(self.metadata_path(plan), (json.dumps(meta, indent=2) + "\n").encode())
         except OSError as exc:
+            for done in (self.plan_path(plan), self.metadata_path(plan)):  # a plan without its marker is
+                with contextlib.suppress(OSError):                        # never used: leave none behind
+                    done.unlink()
+            if disk_full(exc):
+                raise OutputError(f"no space left on device while writing the engine to '{folder}'; free space "
+                                  "and rerun (no plan was kept)") from None
             raise OutputError(f"cannot write the engine to '{folder}': {exc.strerror}; make the bundle "
                               "writable or copy it somewhere that is") from None
         return meta

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from depthrt.errors import OutputError, ParityError, WeightsError
+from depthrt.errors import OutputError, ParityError, WeightsError, disk_full
 from depthrt.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file, validate_manifest, write_json_atomic
 from depthrt.presets import find_preset
 from depthrt.progress import step
@@ -175,6 +175,11 @@ def export_bundle(model: str, weights: str | None = None, out: str | Path | None
             validate_manifest(manifest, where="the manifest being written")  # the check added the parity kits
             write_json_atomic(staging / MANIFEST_NAME, manifest)
         _install(staging, out)
+    except Exception as exc:
+        if disk_full(exc):  # the staging folder goes below; a bundle already at `out` was never touched
+            raise OutputError(f"no space left on device while writing bundle '{out}'; free space and rerun "
+                              f"(nothing was written to '{out}')") from exc
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if report is not None and not report["passed"]:
