@@ -71,6 +71,18 @@ def test_autocast_failure_is_a_row_not_a_crash(tmp_path):
     assert "failed:" in compare_fp16.format_row(theirs)
 
 
+def test_autocast_out_of_memory_runs_again_without_its_reference_run(tmp_path):
+    feed = _graph(tmp_path / "g.onnx")
+    exe = tmp_path / "fake-python"  # killed (SIGKILL, as the OOM killer does) unless data_max is inf
+    exe.write_text("#!/bin/sh\ncase \"$2\" in\n  import*) exit 0;;\nesac\n"
+                   "if [ \"$6\" = inf ]; then cp \"$3\" \"$4\"; echo 'AUTOCAST 1.5 0.25'; exit 0; fi\nkill -9 $$\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    _, theirs = compare_fp16.measure("g", tmp_path / "g.onnx", [feed], [feed], None, False, str(exe), 512.0,
+                                     tmp_path)
+    assert theirs["calibration"].startswith("no reference run") and theirs["seconds"] == 1.5
+    assert theirs["rel_l2"] == 0.0 and theirs["finite"] and theirs["peak_gb"] == 0.2
+
+
 def test_autocast_missing_or_unknown_model_is_reported(tmp_path, capsys):
     assert compare_fp16.autocast_python(str(tmp_path / "no-such-python")) is None
     assert compare_fp16.main(["--work", str(tmp_path), "--models", "da-v2-s,nope"]) == 2
