@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="export a tiny DA-V2-S instead of a real-size one")
     parser.add_argument("--backend", default="ort-cpu")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--frames", type=int, help="clip length in frames (default: from a 60-frame calibration "
+                        "run, which underestimates a long run's FPS: then the soak runs shorter than --minutes)")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between RSS samples (default 5)")
     parser.add_argument("--work", help="folder for the bundle, clip and output (default: a temporary one)")
     parser.add_argument("--json", help="write the figures here")
@@ -130,16 +132,18 @@ def main(argv=None) -> int:
             weights = write_depth_anything(work / "weights", "small", tiny=args.tiny)
             export_bundle("depth-anything-v2-small", weights=str(weights), out=bundle, force=True)
 
-        print("[soak] calibrating: 60 frames ...", file=sys.stderr)
-        write_clip(work / "calib.mp4", 60, width, height)
-        calib = soak(video_cmd(bundle, work / "calib.mp4", work / "calib-out.mp4", work / "calib.json", args), 1.0)
-        if calib["returncode"] != 0:
-            print("[soak] calibration run failed:\n" + "\n".join(calib["stderr"]), file=sys.stderr)
-            return 1
-        fps = json.loads((work / "calib.json").read_text())["fps"]
-        frames = max(60, math.ceil(fps * args.minutes * 60))
-        print(f"[soak] {fps:.2f} FPS: writing a {frames}-frame {width}x{height} clip for ~{args.minutes:g} min ...",
-              file=sys.stderr)
+        frames = args.frames
+        if frames is None:
+            print("[soak] calibrating: 60 frames ...", file=sys.stderr)
+            write_clip(work / "calib.mp4", 60, width, height)
+            calib = soak(video_cmd(bundle, work / "calib.mp4", work / "calib-out.mp4", work / "calib.json", args), 1.0)
+            if calib["returncode"] != 0:
+                print("[soak] calibration run failed:\n" + "\n".join(calib["stderr"]), file=sys.stderr)
+                return 1
+            fps = json.loads((work / "calib.json").read_text())["fps"]
+            frames = max(60, math.ceil(fps * args.minutes * 60))
+            print(f"[soak] {fps:.2f} FPS in calibration", file=sys.stderr)
+        print(f"[soak] writing a {frames}-frame {width}x{height} clip ...", file=sys.stderr)
         clip, out, stats = work / "clip.mp4", work / "out.mp4", work / "stats.json"
         write_clip(clip, frames, width, height)
 
