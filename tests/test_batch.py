@@ -197,3 +197,16 @@ def test_ray_mode_without_ray_installed_names_the_extra(bundle, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
     with pytest.raises(InputError, match=r"pip install 'depthrt\[ray\]'"):
         batch.run(bundle, str(tmp_path / "in"), tmp_path / "o", backend="ort-cpu", ray="")
+
+
+def test_bench_batch_script_times_loop_and_local_on_the_same_files(bundle, tmp_path):
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_batch.py"), "--bundle", str(bundle),
+                             "--images", "4", "--no-ray", "--backend", "ort-cpu", "--json", str(tmp_path / "b.json")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "predict loop" in result.stdout and "batch (local)" in result.stdout
+    assert "local batch / loop:" in result.stdout and "decode + preprocess" in result.stdout
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["images"] == 4 and report["seconds"]["predict loop"] > 0 and report["local_vs_loop"] > 0
