@@ -89,8 +89,11 @@ def test_a_ray_address_that_does_not_answer_is_a_one_line_error(bundle, tmp_path
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "errors.jsonl").write_text('{"path": "earlier run"}\n')
     start = time.monotonic()
     result = run_cli("batch", str(bundle), str(root), "--out", str(tmp_path / "o"), "--ray", f"127.0.0.1:{port}")
     assert_clean_error(result, "no Ray cluster answers at", f"127.0.0.1:{port}")
     assert time.monotonic() - start < 120
     assert not list((tmp_path / "o").rglob("*.png"))
+    assert (tmp_path / "o" / "errors.jsonl").read_text() == '{"path": "earlier run"}\n'  # a failed start keeps it

@@ -55,7 +55,7 @@ def run(bundle, input: str, out, *, backend: str = "auto", precision: str = "fp3
     actors there. Everything the user got wrong fails before the model is loaded.
     """
     from .. import imageio
-    from ..estimator import DIFFUSION_FAMILIES, Estimator
+    from ..estimator import DIFFUSION_FAMILIES
     from ..manifest import read_manifest
     from ..outputs import parse_save
     from ..progress import Counter
@@ -82,43 +82,54 @@ def run(bundle, input: str, out, *, backend: str = "auto", precision: str = "fp3
     if summary.skipped:
         say(f"[depthrt] {summary.skipped} of {len(jobs)} image(s) already done in {out}: skipping them")
     start = time.perf_counter()
-    if pending:
-        counter = Counter(len(pending), enabled=progress)
-        if ray is None:
-            from .local import LocalRun
-
-            est = Estimator(bundle, backend=backend, precision=precision, threads=threads, manifest=manifest)
-            from .core import batch_limit
-
-            size = batch_limit(est, batch_size)
-            say(f"[depthrt] {len(pending)} image(s) -> {out}: {manifest['model']['name']} on {est.backend} "
-                f"({precision}), batches of up to {size}")
-            runner = LocalRun(est, pending, force, size, decoders=decoders, writers=writers, progress=counter)
-            try:
-                runner.run()
-            finally:
-                summary.done, errors = runner.done, runner.errors
-                _finish(summary, errors, out, start)
-        else:
-            from .raymode import run_ray
-
-            errors: list = []
-            try:
-                summary.done = run_ray(bundle, manifest, pending, out, address=ray, backend=backend,
-                                       precision=precision, force=force, batch_size=batch_size, threads=threads,
-                                       workers=workers, gpus_per_worker=gpus_per_worker,
-                                       cpus_per_worker=cpus_per_worker, errors=errors, progress=counter, say=say)
-            finally:
-                remove_stale_temps(out)  # of workers Ray killed and retried
-                _finish(summary, errors, out, start)
-    else:
-        _finish(summary, [], out, start)
+    errors: list = []
+    complete = False
+    try:
+        if pending:
+            summary.done = _run_pending(bundle, manifest, pending, out, errors, backend=backend, precision=precision,
+                                        force=force, batch_size=batch_size, threads=threads, decoders=decoders,
+                                        writers=writers, ray=ray, workers=workers, gpus_per_worker=gpus_per_worker,
+                                        cpus_per_worker=cpus_per_worker, progress=Counter(len(pending), enabled=progress),
+                                        say=say)
+        complete = True
+    finally:
+        _finish(summary, errors, out, start, complete)
     return summary
 
 
-def _finish(summary: Summary, errors: list[tuple[Job, str]], out: Path, start: float) -> None:
-    """Record the failures of this run in OUT/errors.jsonl (replacing the last run's list; a run
-    without failures removes it)."""
+def _run_pending(bundle, manifest, pending, out, errors, *, backend, precision, force, batch_size, threads, decoders,
+                 writers, ray, workers, gpus_per_worker, cpus_per_worker, progress, say) -> int:
+    """Run the pending jobs here or on Ray; appends (job, message) to ``errors``; returns how many were written."""
+    from ..estimator import Estimator
+
+    if ray is not None:
+        from .raymode import run_ray
+
+        try:
+            return run_ray(bundle, manifest, pending, out, address=ray, backend=backend, precision=precision,
+                           force=force, batch_size=batch_size, threads=threads, workers=workers,
+                           gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, errors=errors,
+                           progress=progress, say=say)
+        finally:
+            remove_stale_temps(out)  # of workers Ray killed and retried
+    from .core import batch_limit
+    from .local import LocalRun
+
+    est = Estimator(bundle, backend=backend, precision=precision, threads=threads, manifest=manifest)
+    size = batch_limit(est, batch_size)
+    say(f"[depthrt] {len(pending)} image(s) -> {out}: {manifest['model']['name']} on {est.backend} "
+        f"({precision}), batches of up to {size}")
+    runner = LocalRun(est, pending, force, size, decoders=decoders, writers=writers, progress=progress)
+    try:
+        runner.run()
+    finally:  # an interrupted run still reports what it did and what failed
+        errors.extend(runner.errors)
+    return runner.done
+
+
+def _finish(summary: Summary, errors: list[tuple[Job, str]], out: Path, start: float, complete: bool) -> None:
+    """Record the failures of this run in OUT/errors.jsonl, replacing the last run's list; a complete
+    run without failures removes it (a run that stopped early leaves it)."""
     from ..imageio import _atomic_write
 
     summary.seconds = time.perf_counter() - start
@@ -130,5 +141,5 @@ def _finish(summary: Summary, errors: list[tuple[Job, str]], out: Path, start: f
                        for job, message in sorted(errors, key=lambda e: e[0].relative))
         _atomic_write(path, lambda f: f.write(text.encode()), overwrite=True)
         summary.errors_file = path
-    elif path.exists():
+    elif complete and path.exists():
         os.unlink(path)
