@@ -147,3 +147,22 @@ def test_fp16_variants_added_later_get_the_fp16_tolerances(tiny_bundle, tmp_path
     assert by_precision["fp16"]["inputs"] == by_precision["fp32"]["inputs"]
     assert by_precision["fp16"]["tolerances"]["predicted_depth"]["rtol"] == kit.LIMITS["fp16"]
     assert by_precision["fp32"]["tolerances"]["predicted_depth"]["rtol"] == kit.LIMITS["fp32"]
+
+
+def test_the_fp16_weight_storage_unet_of_sdxl_sized_lbm_has_a_passing_kit(tmp_path, monkeypatch):
+    """LBM's low-memory UNet export (fp16-stored weights, its own export path) writes its kit too."""
+    pytest.importorskip("yaml")
+    from diffusion_bundles import write_bundle
+
+    from depthrt.manifest import read_manifest
+    from depthrt_export.diffusion import lbm as lbm_export
+    from depthrt_export.diffusion.tiny_lbm import write_tiny_lbm
+
+    monkeypatch.setattr(lbm_export, "UNET_FP32_LIMIT", 0)  # the SDXL-sized path, on the tiny model
+    bundle = write_bundle(lbm_export, "lbm-depth", write_tiny_lbm("lbm-depth", tmp_path / "ckpt", seed=0),
+                          tmp_path / "bundle")
+    manifest = read_manifest(bundle)
+    assert manifest["loop"]["unet_weights"] == "float16"
+    rows = kit.check_kits(bundle, manifest, "ort-cpu", "fp32")
+    assert [r["graph"] for r in rows] == ["vae_encoder", "unet", "vae_decoder"]
+    assert all(r["passed"] for r in rows), rows
