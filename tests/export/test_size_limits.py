@@ -122,8 +122,8 @@ def test_limits_and_profile_ranges_side_by_side(tiny_bundle):
     est = depthrt.load(bundle, backend="ort-cpu")
     assert est.size_limits["height"] == {"min": 14, "max": None, "multiple_of": 14}
     assert est.size_ranges["height"]["min"] == 126  # TensorRT's default profile is unchanged
-    with pytest.raises(InputError, match="too small or too thin"):  # 7/20 of 20 px rounds to 0 patches
-        est.predict(synthetic_image(20, 2000, seed=0), processing_resolution=7)
+    with pytest.raises(InputError, match="too small or too thin"):  # 20 x 518/2000 px rounds to 0 patches
+        est.predict(synthetic_image(20, 2000, seed=0))
 
 
 def test_bundles_without_limits_keep_their_ranges(tiny_bundle, tmp_path):
