@@ -3,12 +3,13 @@
 ONNX Runtime's ``session.set_denormal_as_zero`` (flush denormals to zero: fast on x86 when tiny
 activations appear) sets flush-to-zero and denormals-are-zero in the MXCSR register of the thread
 that creates the session, and leaves them set. Every later float computation of that thread
-changes with it: numpy's, PyTorch's, and OpenVINO's. OpenVINO's CPU plugin, running a model
-compiled for any input shape on an AVX2-only CPU, computes the target shape of the graph's
-Broadcast (torch's ``expand(batch, -1, -1)``) with float vector instructions, where denormals-are-
-zero turns small integers into zero; the shape keeps ONNX's ``-1`` and the run fails with
-"Broadcast ... Value -1 not in range". So the ORT backend keeps ORT's flags inside its own calls
-(:func:`using` ORT's environment, then back) and OpenVINO runs in the :func:`default` one.
+changes with it: numpy's, PyTorch's, and OpenVINO's. Under denormals-are-zero, OpenVINO's CPU
+plugin with its AVX2 kernels (an AVX2-only CPU) computes the target shape of the Broadcast that
+torch's ``expand(batch, -1, -1)`` becomes (``Where(size == -1, 1, size)``) wrong in a model compiled
+for any input shape: the ``-1`` stays and the run fails with "Broadcast ... Value -1 not in range"
+(AVX512 kernels, per-shape models, or the flag off: no failure). So the ORT backend keeps ORT's
+flags inside its own calls (:func:`using` ORT's environment, then back) and OpenVINO runs in the
+:func:`default` one.
 
 Uses the C library's ``fegetenv``/``fesetenv`` through ctypes; where they cannot be found,
 :func:`available` is False and nothing here changes anything.
