@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,8 +186,8 @@ class Estimator:
             fx, fy = (float(v) for v in focal_px)
         except (TypeError, ValueError):
             raise InputError(f"focal_px must be (fx, fy) in pixels, got {focal_px!r}") from None
-        if not (fx > 0 and fy > 0):
-            raise InputError(f"focal_px must be positive, got {focal_px!r}")
+        if not (0 < fx < math.inf and 0 < fy < math.inf):  # inf would make every depth inf
+            raise InputError(f"focal_px must be positive and finite, got {focal_px!r}")
         (big_h, big_w), (h, w) = meta["input_size"], meta["model_size"]
         return 0.5 * (fx * w / big_w + fy * h / big_h)
 

@@ -288,6 +288,9 @@ def with_resolution(resize: dict, resolution: int | None) -> dict:
     """
     if resolution is None:
         return resize
+    if isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(resolution) or resolution != int(resolution):
+        raise InputError(f"processing resolution must be a whole number of pixels, not {resolution!r}")
     resolution = int(resolution)
     if resolution < 1:
         raise InputError(f"processing resolution must be a positive number of pixels, got {resolution}")

@@ -66,9 +66,10 @@ def bounded(seconds: float = CASE_LIMIT_S):
         signal.signal(signal.SIGALRM, previous)
 
 
-def report_lines() -> list[str]:
+def report_lines(tests=None) -> list[str]:
+    """One line per fuzz test (those in ``tests``, or all): its case count and outcomes."""
     lines = []
-    for test in sorted(COUNTS):
+    for test in sorted(COUNTS if tests is None else tests):
         total = sum(COUNTS[test].values())
         parts = ", ".join(f"{k} {v}" for k, v in COUNTS[test].most_common())
         lines.append(f"{test}: {total} cases ({parts})")
@@ -84,9 +85,8 @@ def fuzz_summary(request):
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():  # to the terminal, not the captured output
-            for line in report_lines():
-                if line.split(":")[0] not in before:
-                    reporter.write_line(f"[fuzz] {line}")
+            for line in report_lines(set(COUNTS) - before):
+                reporter.write_line(f"[fuzz] {line}")
     path = os.environ.get("DEPTHRT_FUZZ_REPORT")
     if path and COUNTS:
         data = {test: dict(counter) for test, counter in COUNTS.items()}

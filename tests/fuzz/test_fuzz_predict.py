@@ -110,6 +110,8 @@ def estimator(load):
 @examples(80)
 @given(images, st.none() | st.integers(-10, 1000) | ODD_NUMBERS)
 @example(np.zeros((40, 60, 3), np.uint8), 100_000)  # regression: a 100000x150000 resize (was a MemoryError)
+@example(np.zeros((40, 60, 3), np.uint8), math.inf)  # regression (long run): OverflowError from int(inf)
+@example(np.zeros((40, 60, 3), np.uint8), math.nan)  # regression (long run): ValueError from int(nan)
 def test_feed_forward_predict_of_any_image_and_resolution(estimator, image, resolution):
     run_case("predict (feed-forward): image x processing_resolution",
              lambda: estimator.predict(image, processing_resolution=resolution), [image])
@@ -124,6 +126,7 @@ def test_feed_forward_predict_of_lists(estimator, batch, resolution):
 
 @examples(20)
 @given(st.none() | ODD_NUMBERS | st.tuples(ODD_NUMBERS, ODD_NUMBERS) | st.lists(ODD_NUMBERS, max_size=3))
+@example((1, math.inf))  # regression (long run): every depth was inf
 def test_metric_focal_px_of_any_value(load, focal_px):
     est = load("da3-metric-large")
     image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
