@@ -15,7 +15,7 @@ outputs, so they share the files) records them under ``parity_kit`` with the per
         --load-outputs bundle/model.parity-outputs.json --atol predicted_depth:A --rtol predicted_depth:R \\
         --input-shapes pixel_values:[1,3,H,W]
 
-proves the engine against PyTorch (``polygraphy_command`` writes that line from the manifest), and
+proves the engine against PyTorch (``python -m depthrt_export.kit BUNDLE --trt`` prints those lines), and
 ``depthrt check B --backend ...`` runs the same comparison in-process (``check_kits``).
 
 The kit's inputs are the parity check's own: feed-forward families record the model's input and
@@ -324,3 +324,36 @@ def format_kits(rows: list[dict]) -> list[str]:
                             for k, v in r["outputs"].items())
         lines.append(f"{head} {figures}  {'ok' if r['passed'] else 'FAIL'}")
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m depthrt_export.kit BUNDLE [--trt]``: print each graph's ``polygraphy run`` line."""
+    import argparse
+    import sys
+
+    from depthrt.errors import DepthrtError
+    from depthrt.manifest import read_manifest
+
+    parser = argparse.ArgumentParser(prog="python -m depthrt_export.kit",
+                                     description="print the polygraphy run command of each graph's parity kit")
+    parser.add_argument("bundle")
+    parser.add_argument("--trt", action="store_true", help="TensorRT (--trt, with --input-shapes) instead of --onnxrt")
+    args = parser.parse_args(argv)
+    try:
+        graphs = read_manifest(args.bundle)["graphs"]
+    except DepthrtError as exc:
+        print(f"kit: error: {exc}", file=sys.stderr)
+        return 2
+    missing = [g["file"] for g in graphs if "parity_kit" not in g]
+    for graph in graphs:
+        if "parity_kit" in graph:
+            print(format_command(polygraphy_command(Path(args.bundle), graph, "trt" if args.trt else "onnxrt")))
+    if missing:
+        print(f"kit: no parity kit for {', '.join(missing)}: re-export the bundle with this depthrt (with its check)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

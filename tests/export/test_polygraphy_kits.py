@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,9 +49,18 @@ def _cli(bundle: Path, graph: dict, outputs: Path | None = None) -> list[str]:
     return argv
 
 
+def _printed(bundle: Path, capsys, *flags: str) -> list[list[str]]:
+    """The commands `python -m depthrt_export.kit BUNDLE` prints (what a user pastes), as argv."""
+    capsys.readouterr()  # what ran before (an export's parity table) is not the printer's
+    assert kit.main([str(bundle), *flags]) == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(argv[:2] == ["polygraphy", "run"] for argv in commands), commands
+    return [[str(POLYGRAPHY), *argv[1:]] for argv in commands]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", FAMILY_PRESETS)
-def test_every_graph_passes_its_kit_with_polygraphy_onnxrt(preset, tiny_bundle):
+def test_every_graph_passes_its_kit_with_polygraphy_onnxrt(preset, tiny_bundle, capsys):
     bundle, manifest = tiny_bundle(preset)
     graphs = manifest["graphs"]
     # every graph, fp32 and its fp16 variant, has a kit with its own precision's tolerances
@@ -60,7 +70,9 @@ def test_every_graph_passes_its_kit_with_polygraphy_onnxrt(preset, tiny_bundle):
         tol = g["parity_kit"]["tolerances"]
         assert set(tol) == {t["name"] for t in g["outputs"]}
         assert all(v["rtol"] == kit.LIMITS[g.get("precision", "fp32")] for v in tol.values())
-    results = _run_all([_cli(bundle, g) for g in graphs])
+    commands = _printed(bundle, capsys)
+    assert [argv[2] for argv in commands] == [str(bundle / g["file"]) for g in graphs]
+    results = _run_all(commands)
     for g, r in zip(graphs, results):
         assert r.returncode == 0, f"{g['file']}:\n{r.stdout[-3000:]}"
         assert "PASSED | Output" in r.stdout and "\n[I] PASSED | Runtime" in r.stdout, r.stdout[-3000:]
@@ -166,3 +178,13 @@ def test_the_fp16_weight_storage_unet_of_sdxl_sized_lbm_has_a_passing_kit(tmp_pa
     rows = kit.check_kits(bundle, manifest, "ort-cpu", "fp32")
     assert [r["graph"] for r in rows] == ["vae_encoder", "unet", "vae_decoder"]
     assert all(r["passed"] for r in rows), rows
+
+
+def test_the_printed_trt_command_gives_the_kit_shapes_as_the_engine_profile(tiny_bundle, capsys):
+    bundle, manifest = tiny_bundle("da3-mono-large")
+    (fp32, *_rest) = _printed(bundle, capsys, "--trt")
+    shapes = manifest["graphs"][0]["parity_kit"]["input_shapes"]
+    assert "--trt" in fp32 and "--onnxrt" not in fp32
+    assert fp32[fp32.index("--input-shapes") + 1] == f"pixel_values:[{','.join(map(str, shapes['pixel_values']))}]"
+    atols = fp32[fp32.index("--atol") + 1: fp32.index("--rtol")]
+    assert [a.split(":")[0] for a in atols] == ["depth", "sky"]  # one tolerance per output
