@@ -199,8 +199,10 @@ def run_ray(bundle, manifest: dict, jobs: list[Job], out, *, address: str, backe
         _quiet_ray_data(ray)
         items = [{"source": j.source, "relative": j.relative, "targets": json.dumps(j.targets)} for j in jobs]
         by_source = {j.source: j for j in jobs}
-        blocks = max(1, min(len(items), 4 * workers * 8, len(items) // 4 or 1))
-        small = 4  # images per task of the CPU stages: small, so a retried task redoes little
+        # Blocks of 16 images: enough tasks to spread over every CPU of a cluster, and a worker that
+        # dies costs Ray a retry of 16 images at most.
+        blocks = max(1, -(-len(items) // 16))
+        small = 4  # images per call of the CPU stages
         ds = ray.data.from_items(items, override_num_blocks=blocks)
         ds = ds.map_batches(decode_batch, batch_size=small, num_cpus=0.5, fn_kwargs={"bundle": str(bundle),
                                                                                    "manifest": manifest})
