@@ -82,6 +82,25 @@ def test_kill_9_mid_run_then_rerun_completes_every_map_exactly_once(reference, b
     assert files_under(out) == ref_files  # every map exactly once, no temporary file left
 
 
+def test_ctrl_c_finishes_the_images_in_flight_and_says_how_to_go_on(reference, bundle, tmp_path):
+    root, _, _, ref_files = reference
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "depthrt.cli", "batch", str(bundle), str(root), "--out", str(out),
+                             *CPU, "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.rglob("*.color.png"))) < 8 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "finishing the images in flight" in err and "run the same command again" in err.splitlines()[-1]
+    written = files_under(out)
+    assert len(written) < len(ref_files)
+    maps = {rel for rel in written if rel != "errors.jsonl"}
+    assert maps and all(written[rel] == ref_files[rel] for rel in maps)  # complete maps only, no temporary files
+
+
 def test_inputs_from_a_glob_and_a_list_file_name_outputs_stably(tmp_path):
     (tmp_path / "in" / "a").mkdir(parents=True)
     for name in ("x.jpg", "x.png", "y.png"):  # x.jpg and x.png share a stem: each keeps its extension

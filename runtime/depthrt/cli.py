@@ -117,10 +117,15 @@ def _cmd_video(args) -> int:
 def _cmd_batch(args) -> int:
     from .batch import run
 
-    summary = run(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision, save=args.save,
-                  force=args.force, batch_size=args.batch_size, threads=args.threads, ray=args.ray,
-                  workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                  progress=not args.quiet)
+    try:
+        summary = run(args.bundle, args.input, args.out, backend=args.backend, precision=args.precision,
+                      save=args.save, force=args.force, batch_size=args.batch_size, threads=args.threads, ray=args.ray,
+                      workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                      cpus_per_worker=args.cpus_per_worker, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("depthrt batch: interrupted; every map written so far is complete: run the same command again to "
+              "go on", file=sys.stderr)
+        return 130
     s = summary
     print(f"{s.done} done, {s.skipped} skipped (already done), {s.failed} failed of {s.total} image(s) in "
           f"{s.seconds:.1f} s ({s.rate:.2f} images/s) -> {args.out}")
