@@ -171,6 +171,15 @@ def test_output_inside_the_input_is_refused(bundle, tmp_path):
     assert not (tmp_path / "in" / "depth").exists()
 
 
+def test_a_glob_never_reads_earlier_maps_inside_out_as_inputs(bundle, tmp_path):
+    make_tree(tmp_path / "in", count=2, bad=False)  # img000.jpg, img001.png
+    pattern, out = str(tmp_path / "in" / "**" / "*.png"), tmp_path / "in" / "depth"
+    first = batch.run(bundle, pattern, out, backend="ort-cpu", progress=False)
+    second = batch.run(bundle, pattern, out, backend="ort-cpu", progress=False)
+    assert (first.total, first.done) == (1, 1) and (second.total, second.skipped) == (1, 1)
+    assert not list((out / "depth").rglob("*"))  # no maps of maps
+
+
 def test_read_only_output_folder_is_one_line_error(bundle, tmp_path, monkeypatch, capsys):
     """Root writes through chmod, so the read-only filesystem is simulated where files are created."""
     from depthrt.cli import main

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .listing import Job, check_output_place, list_inputs, make_jobs, remove_stale_temps
+from .listing import Job, check_output_place, list_inputs, make_jobs, outside, remove_stale_temps
 
 __all__ = ["run", "Summary", "ERRORS_FILE"]
 
@@ -70,8 +70,12 @@ def run(bundle, input: str, out, *, backend: str = "auto", precision: str = "fp3
     kinds = parse_save(save, manifest["output"]["kind"] == "normals")
     root, files = list_inputs(str(input))
     out = Path(out)
-    if not Path(input).is_file():  # a folder or a glob, which would read the maps back next time
+    if Path(input).is_dir():  # the next run would read the maps back as images
         check_output_place(root, out)
+    else:  # a glob or a list: never take earlier maps as inputs
+        files = outside(files, out)
+        if not files:
+            raise InputError(f"every image '{input}' names is inside --out '{out}'; give the input images")
     imageio.ensure_output_dir(out)
     stale = remove_stale_temps(out)
     if stale:

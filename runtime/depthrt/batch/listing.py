@@ -104,6 +104,12 @@ def check_output_place(root: Path, out: Path) -> None:
                           "images by the next run; choose an --out outside it")
 
 
+def outside(files: list[str], out: Path) -> list[str]:
+    """The inputs that are not inside ``out``: a glob such as ``'**/*.png'`` also matches earlier maps."""
+    top = os.path.abspath(out) + os.sep
+    return [f for f in files if not os.path.abspath(f).startswith(top)]
+
+
 def make_jobs(root: Path, files: list[str], out: Path, kinds: list[str], normals: bool) -> list[Job]:
     """Each input's output paths: the input's folder below ``root`` inside ``out``, its stem plus the
     save kind's suffix. Two inputs in one folder with the same stem (a.jpg, a.png) keep their
