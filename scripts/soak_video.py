@@ -93,8 +93,8 @@ def soak(cmd: list[str], every: float) -> dict:
 
 
 def growth_per_minute(samples: list[tuple[float, float]]) -> float:
-    """Least-squares slope of RSS over the second half of the run, MiB per minute."""
-    half = [s for s in samples if s[0] >= samples[-1][0] / 2]
+    """Least-squares slope of RSS over the second half of the run (to 95%: not the shutdown), MiB per minute."""
+    half = [s for s in samples if samples[-1][0] / 2 <= s[0] <= samples[-1][0] * 0.95]
     if len(half) < 2:
         return 0.0
     n = len(half)
@@ -157,6 +157,7 @@ def main(argv=None) -> int:
         s = json.loads(stats.read_text())
         samples = run["samples"]
         middle = min(samples, key=lambda x: abs(x[0] - samples[-1][0] / 2))
+        late = min(samples, key=lambda x: abs(x[0] - samples[-1][0] * 0.95))  # still running, before teardown
         read_back = count_frames(out)
 
     report = {
@@ -166,7 +167,9 @@ def main(argv=None) -> int:
         "fps": round(s["fps"], 2), "frames_in_clip": frames, "frames_in": s["frames"]["in"],
         "frames_out": s["frames"]["out"], "dropped": s["frames"]["dropped"], "frames_read_back": read_back,
         "rss_mib": {"start": round(samples[0][1], 1), "middle": round(middle[1], 1), "end": round(samples[-1][1], 1),
-                    "peak": round(max(r for _, r in samples), 1), "samples": len(samples),
+                    "at_95_percent": round(late[1], 1), "peak": round(max(r for _, r in samples), 1),
+                    "samples": len(samples), "every_s": args.every,
+                    "series": [[round(t, 1), round(r, 1)] for t, r in samples],
                     "second_half_growth_per_min": round(growth_per_minute(samples), 3)},
         "latency_ms": s["latency_ms"]["end_to_end"], "stopped_by": s["stopped_by"],
     }
@@ -174,8 +177,9 @@ def main(argv=None) -> int:
     rss = report["rss_mib"]
     print(f"soak: {report['bundle']} on {args.backend} at {s['processing_size'][1]}x{s['processing_size'][0]}, "
           f"{report['run_s'] / 60:.1f} min, {report['fps']} FPS")
-    print(f"RSS MiB: start {rss['start']}, middle {rss['middle']} (t={middle[0] / 60:.1f} min), end {rss['end']}, "
-          f"peak {rss['peak']}; second-half growth {rss['second_half_growth_per_min']} MiB/min")
+    print(f"RSS MiB: start {rss['start']}, middle {rss['middle']} (t={middle[0] / 60:.1f} min), at 95% "
+          f"{rss['at_95_percent']}, end {rss['end']} (last sample, as the pipeline shuts down), peak {rss['peak']}; "
+          f"second-half growth {rss['second_half_growth_per_min']} MiB/min")
     print(f"frames: clip {frames}, read {report['frames_in']}, written {report['frames_out']}, "
           f"read back {read_back}, dropped {report['dropped']} -> {'no drops' if report['no_drops'] else 'DROPS'}")
     if args.json:

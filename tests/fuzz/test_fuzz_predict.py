@@ -145,7 +145,7 @@ def test_diffusion_options_of_any_value(load, steps, ensemble, seed, resolution,
     lat = None
     if latents != "none":
         shape = (ensemble if isinstance(ensemble, int) and not isinstance(ensemble, bool) and ensemble > 0 else 1,
-                 4, 4, 6)  # resolution 32 and up gives latents of this shape for a 41x30 image
+                 4, 4, 6)  # right at processing_resolution 0: the 41x30 image padded to 48x32, over 8
         lat = {"right": np.zeros(shape, np.float32), "wrong-shape": np.zeros((1, 4, 3, 3), np.float32),
                "nan": np.full(shape, np.nan, np.float32), "list": [[0.0]], "dtype": np.zeros(shape, np.int32)}[latents]
     run_case("predict (Marigold): steps x ensemble x seed x resolution x latents",
