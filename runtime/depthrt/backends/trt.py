@@ -151,7 +151,9 @@ def unavailable(backend: str) -> str | None:
         return (f"backend trt-rtx needs TensorRT for RTX, which is not installed here ({_PIP['trt-rtx']}); then "
                 "build an engine with `depthrt build BUNDLE --target trt-rtx`")
     if _cudart() is None:
-        return f"backend {backend} needs cuda-python for its CUDA stream and buffers: pip install cuda-python"
+        found = ", ".join(f"{n} {v}" for n, v in installed_runtimes(target).items())
+        return (f"backend {backend}: TensorRT is installed here ({found}) but needs cuda-python for its CUDA stream "
+                "and buffers: pip install cuda-python")
     gpu = query_gpu()
     if gpu is None:
         return f"backend {backend} needs an NVIDIA GPU, and none is usable here"
