@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from ..estimator import Prediction
+from ..processing import check_target_size
 from .base import DiffusionEstimator, normalize_normals, pad_to_multiple, resize, resize_antialias, to_unit_range, \
     unpad
 from .loops import make_scheduler
@@ -111,7 +112,7 @@ class Estimator(DiffusionEstimator):
                 raise InputError(f"{where} ({w0}x{h0}) has an extreme aspect ratio: at processing_resolution "
                                  f"{resolution} its short side would be 0 pixels; crop it, or raise "
                                  "processing_resolution")
-            self.check_image_size(h, w, where, (h0, w0))  # before the resize allocates it
+            check_target_size(h, w, (h0, w0))  # before the resize allocates it; the limits hold after padding
             x = resize_antialias(x, (h, w), self.resample_input)
         x, padding = pad_to_multiple(x, self.factor)
         self.check_image_size(x.shape[2], x.shape[3], where, (h0, w0))
