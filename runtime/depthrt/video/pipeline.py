@@ -274,7 +274,7 @@ class Pipeline:
                 self._progress_shown = True
 
     def _hud(self) -> list[str]:
-        e2e = self.stats.end_to_end_s[-30:]
+        e2e = list(self.stats.end_to_end_s.recent)[-30:]
         latency = float(np.median(e2e)) * 1000 if e2e else 0.0
         lines = [f"{self.stats.recent_fps():.1f} FPS   latency {latency:.0f} ms", self.opt.label]
         if self.stats.dropped:

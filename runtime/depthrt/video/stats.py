@@ -5,10 +5,46 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
 STAGES = ("capture", "preprocess", "inference", "postprocess", "output")
+RECENT = 64  # values kept in order, for the live overlay's FPS and latency
+
+
+class Series:
+    """The values of one latency over a run, in bounded memory (a stream runs for hours).
+
+    The first ``keep`` values are all kept, so a summary is exact up to there; after that a uniform
+    random sample of ``keep`` (reservoir sampling, fixed seed) stands for them, so medians and p90 are
+    estimates from 8192 values while count and mean stay exact. The last ``RECENT`` values are kept
+    in order. One writer per series (its stage's thread).
+    """
+
+    def __init__(self, keep: int = 8192):
+        self.count, self.total = 0, 0.0
+        self._sample = np.empty(keep, np.float64)
+        self._rng = np.random.default_rng(0)
+        self.recent: deque[float] = deque(maxlen=RECENT)
+
+    def append(self, value: float) -> None:
+        keep = self._sample.size
+        if self.count < keep:
+            self._sample[self.count] = value
+        else:
+            slot = int(self._rng.integers(0, self.count + 1))
+            if slot < keep:
+                self._sample[slot] = value
+        self.count += 1
+        self.total += value
+        self.recent.append(value)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def sample(self) -> np.ndarray:
+        return self._sample[: min(self.count, self._sample.size)]
 
 
 class RunStats:
@@ -18,9 +54,9 @@ class RunStats:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped = 0  # stale live frames replaced by newer ones
-        self.stage_s: dict[str, list[float]] = {s: [] for s in STAGES}
-        self.end_to_end_s: list[float] = []
-        self.out_times: list[float] = []  # perf_counter at each output, for FPS
+        self.stage_s: dict[str, Series] = {s: Series() for s in STAGES}
+        self.end_to_end_s = Series()
+        self.out_times: deque[float] = deque(maxlen=RECENT)  # perf_counter at the latest outputs, for FPS
         self.start: float | None = None
         self._lock = threading.Lock()
 
@@ -28,7 +64,7 @@ class RunStats:
         self.start = time.perf_counter()
 
     def add_stage(self, stage: str, seconds: float) -> None:
-        self.stage_s[stage].append(seconds)  # list.append is atomic; one writer per stage
+        self.stage_s[stage].append(seconds)  # one writer per stage
 
     def add_drop(self, n: int = 1) -> None:
         with self._lock:
@@ -51,18 +87,18 @@ class RunStats:
 
     def recent_fps(self, window: int = 30) -> float:
         """Output rate over the last ``window`` frames (the live overlay's FPS)."""
-        times = self.out_times[-window:]
+        times = list(self.out_times)[-window:]
         if len(times) < 2:
             return 0.0
         return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
 
     def summary(self, **extra) -> dict:
-        def dist(values: list[float]) -> dict:
-            if not values:
+        def dist(values: Series) -> dict:
+            if not values.count:
                 return {"median": None, "p90": None, "mean": None, "count": 0}
-            ms = np.asarray(values) * 1000.0
+            ms = values.sample() * 1000.0
             return {"median": round(float(np.median(ms)), 3), "p90": round(float(np.percentile(ms, 90)), 3),
-                    "mean": round(float(ms.mean()), 3), "count": int(ms.size)}
+                    "mean": round(values.total * 1000.0 / values.count, 3), "count": values.count}
 
         return {
             **extra,
