@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from depthrt.samples import synthetic_image
@@ -55,3 +56,15 @@ def reference_run(tmp_path_factory, bundle: Path) -> tuple[Path, Path, list[Path
         assert (summary.done, summary.failed) == (len(images), len(BAD))
         _REFERENCE[bundle] = (root, out, images, files_under(out))
     return _REFERENCE[bundle]
+
+
+@pytest.fixture()
+def bundle(tiny_bundle):
+    """The tiny Depth Anything V2 bundle both batch test modules run (import this fixture there)."""
+    return tiny_bundle("depth-anything-v2-small")[0]
+
+
+@pytest.fixture()
+def reference(tmp_path_factory, bundle):
+    """:func:`reference_run` for :func:`bundle`."""
+    return reference_run(tmp_path_factory, bundle)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from batch_images import BAD, expected_outputs, files_under, make_tree, reference_run
+from batch_images import BAD, bundle, expected_outputs, files_under, make_tree, reference  # noqa: F401 (fixtures)
 from conftest import assert_clean_error, run_cli
 from PIL import Image
 
@@ -21,16 +21,6 @@ from depthrt.batch.listing import list_inputs, make_jobs
 from depthrt.errors import InputError, OutputError
 
 CPU = ("--backend", "ort-cpu")
-
-
-@pytest.fixture()
-def bundle(tiny_bundle):
-    return tiny_bundle("depth-anything-v2-small")[0]
-
-
-@pytest.fixture()
-def reference(tmp_path_factory, bundle):
-    return reference_run(tmp_path_factory, bundle)
 
 
 def test_batch_mirrors_the_tree_reports_bad_files_and_skips_finished_ones(reference, bundle, tmp_path):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from batch_images import BAD, files_under, reference_run
+from batch_images import BAD, bundle, files_under, reference  # noqa: F401 (fixtures)
 from conftest import assert_clean_error, run_cli
 
 ray = pytest.importorskip("ray", reason="depthrt batch --ray needs Ray Data: pip install 'depthrt[ray]'")
@@ -26,16 +26,6 @@ def ray_instance():
              logging_level="ERROR")
     yield
     ray.shutdown()
-
-
-@pytest.fixture()
-def bundle(tiny_bundle):
-    return tiny_bundle("depth-anything-v2-small")[0]
-
-
-@pytest.fixture()
-def reference(tmp_path_factory, bundle):
-    return reference_run(tmp_path_factory, bundle)
 
 
 def _run_ray(bundle, root, out):
