@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -239,16 +240,37 @@ def test_stream_that_drops_midway_keeps_a_playable_file(tmp_path):
 
 
 def test_error_in_a_stage_stops_cleanly_and_keeps_the_output(tmp_path):
+    # The stages run in threads: without a hand-off the failure could come before the writer saw any
+    # frame (then there is rightly no file). The failing inference waits until one frame is written.
+    written = threading.Event()
+
+    class Writer(VideoWriter):
+        def write(self, frame):
+            super().write(frame)
+            written.set()
+
     class Broken(FakeModel):
         def infer(self, batch):
             if len(self.seen) == 5:
+                assert written.wait(60), "the writer never received a frame"
                 raise BackendError("ort-cpu failed to run the graph: out of memory")
             return super().infer(batch)
 
     out = tmp_path / "o.mp4"
-    result = Pipeline(Broken(), FakeSource(20, live=False), VideoWriter(out, 25.0), VideoOptions()).run()
+    result = Pipeline(Broken(), FakeSource(20, live=False), Writer(out, 25.0), VideoOptions()).run()
     assert isinstance(result.error, BackendError) and result.stopped_by == "error"
-    assert count_frames(out)[0] == result.stats.frames_out <= 5
+    assert 1 <= count_frames(out)[0] == result.stats.frames_out <= 5
+
+
+def test_error_before_any_frame_is_written_leaves_no_file(tmp_path):
+    class Broken(FakeModel):
+        def infer(self, batch):
+            raise BackendError("ort-cpu failed to run the graph: out of memory")
+
+    out = tmp_path / "o.mp4"
+    result = Pipeline(Broken(), FakeSource(20, live=False), VideoWriter(out, 25.0), VideoOptions()).run()
+    assert isinstance(result.error, BackendError) and result.stats.frames_out == 0
+    assert result.output is None and list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_finalises_output_and_stats(bundle, tmp_path):
