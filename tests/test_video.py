@@ -218,12 +218,13 @@ def test_file_source_processes_every_frame_in_order():
 
 
 def test_live_source_drops_stale_frames_and_processes_the_newest():
-    model, writer = FakeModel(delay=0.03), ListWriter()
+    # inference is ~30x slower than capture: wide margins, so a loaded machine (slow sleeps) still drops
+    model, writer = FakeModel(delay=0.06), ListWriter()
     source = FakeSource(60, live=True, interval=0.002)
     result = Pipeline(model, source, writer, VideoOptions()).run()
     s = result.stats
     assert result.error is None and s.frames_in == 60
-    assert 2 <= s.frames_out < 30 and s.dropped > 0  # inference is ~15x slower than capture
+    assert 2 <= s.frames_out < 30 and s.dropped > 0
     assert model.seen == sorted(model.seen) and len(set(model.seen)) == len(model.seen)
     gaps = np.diff(model.seen)
     assert gaps.max() > 5  # frames were skipped, not queued: the processed frame is a recent one
