@@ -192,6 +192,9 @@ def format_report(report: dict) -> str:
                      f"(tolerance {v['tolerance']['rel_l2']:g} / {v['tolerance']['abs_rel']:g}: "
                      f"{'within' if v['within_tolerance'] else 'over'}), "
                      f"{'finite' if v['passed'] else 'FAIL: non-finite values'}")
+        if v["passed"] and not v["within_tolerance"]:
+            lines.append(f"  (reported, not gated: a variant fails this check only with non-finite values; "
+                         f"`depthrt check B --precision {v['precision']}` gates on its tolerance)")
     lines.append("PASSED" if report["passed"] else "FAILED")
     return "\n".join(lines)
 
