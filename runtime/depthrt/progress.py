@@ -59,7 +59,6 @@ class Counter:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self._last = 0.0
-        self._shown = False
 
     def line(self, done: int, failed: int = 0) -> str:
         elapsed = time.perf_counter() - self.start
@@ -79,7 +78,6 @@ class Counter:
         self._last = now
         if self.tty:
             self.stream.write("\r" + self.line(done, failed) + "  ")
-            self._shown = True
         else:
             self.stream.write(self.line(done, failed) + "\n")
         self.stream.flush()
