@@ -79,13 +79,16 @@ def decode_tiled(decode, latent: np.ndarray, tile: int, overlap: int, factor: in
         return decode(latent)
     total = np.zeros((b, 3, h * factor, w * factor), np.float64)
     weight = np.zeros((h * factor, w * factor), np.float64)
+    gauss: dict[tuple[int, int], np.ndarray] = {}  # once per tile shape: full, short right/bottom, corner
     for y in tile_starts(h, tile, overlap):
         for x in tile_starts(w, tile, overlap):
             part = latent[:, :, y:y + tile, x:x + tile]
             th, tw = part.shape[2] * factor, part.shape[3] * factor
             padded = np.zeros((*part.shape[:2], tile, tile), _F32)
             padded[:, :, :part.shape[2], :part.shape[3]] = part
-            g = gaussian_weights(th, tw)
+            if (th, tw) not in gauss:
+                gauss[th, tw] = gaussian_weights(th, tw)
+            g = gauss[th, tw]
             rows, cols = slice(y * factor, y * factor + th), slice(x * factor, x * factor + tw)
             total[:, :, rows, cols] += decode(padded)[:, :, :th, :tw] * g
             weight[rows, cols] += g
