@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import DepthrtError, InputError, OutputError
-from .outputs import SAVE_KINDS, write_map
-from .outputs import output_names as _output_names
-from .outputs import parse_save as _parse_save
+from .outputs import SAVE_KINDS, output_names, parse_save, write_map
 
 _EXPORT_DEPENDENCIES = {"torch", "transformers", "onnx", "onnxscript", "safetensors", "huggingface_hub"}
 
@@ -49,10 +47,10 @@ def _cmd_predict(args) -> int:
     from .manifest import read_manifest
 
     normals = read_manifest(args.bundle)["output"]["kind"] == "normals"
-    kinds = _parse_save(args.save, normals)
+    kinds = parse_save(args.save, normals)
     out = Path(args.out)
     imageio.ensure_output_dir(out)
-    targets = _output_names(args.images, out, kinds, normals)
+    targets = output_names(args.images, out, kinds, normals)
     if not args.force:  # refuse before any work, so nothing is half-written
         existing = [str(p) for t in targets for p in t.values() if p.exists()]
         if existing:
