@@ -191,19 +191,12 @@ def feedforward_feeds(name: str, path: Path, seeds) -> list[dict]:
 def diffusion_feeds(paths: dict[str, Path], seeds, timesteps) -> dict[str, list[dict]]:
     """As ``depthrt_export.fp16.diffusion_calibration``: photos (and a grey one) in [-1, 1], their latents
     and unit Gaussian latents, UNet samples (image latents first, then noise) at ``timesteps``."""
-    from depthrt.backends.ort import OrtRunner
-    from depthrt.samples import synthetic_image
+    from depthrt_export.fp16 import vae_calibration
 
-    e = DIFFUSION_EDGE
-    photos = [synthetic_image(e, e, seed=s).astype(np.float32) for s in seeds]
-    grey = np.repeat(photos[0].mean(axis=2, keepdims=True), 3, axis=2)
-    images = np.stack([p.transpose(2, 0, 1) for p in (*photos, grey)]) / np.float32(127.5) - np.float32(1)
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    latents = OrtRunner(paths["vae_encoder"]).run({"image": images})["latent"]
     rng = np.random.default_rng(seeds[0])
-    gauss = rng.standard_normal(latents.shape, dtype=np.float32)
-    feeds = {"vae_encoder": [{"image": images}], "vae_decoder": [{"latent": latents}, {"latent": gauss}]}
+    feeds = vae_calibration(paths["vae_encoder"], DIFFUSION_EDGE, DIFFUSION_EDGE, seeds, rng)
     if "unet" in paths:
+        latents = feeds["vae_decoder"][0]["latent"]
         text = rng.standard_normal(TEXT_SHAPE, dtype=np.float32)
         n = len(latents)
         feeds["unet"] = [{"sample": np.concatenate([latents, rng.standard_normal(latents.shape, dtype=np.float32)], 1),

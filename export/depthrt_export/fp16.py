@@ -406,6 +406,25 @@ def _fit(graph: dict, axis: str, size: int) -> int:
     return int(min(max(-(-size // m) * m, r["min"]), r["max"]))
 
 
+def vae_calibration(encoder: Path, height: int, width: int, seeds, rng) -> dict:
+    """Calibration feeds of the VAE graphs: ``vae_encoder`` gets one synthetic photo per seed
+    (``height`` x ``width``) and a grey (depth-map-like) version of the first, in [-1, 1];
+    ``vae_decoder`` their latents (the fp32 graph ``encoder`` run on them) and as many unit Gaussian
+    latents drawn from ``rng`` (what scaled latents are trained to be)."""
+    import numpy as np
+
+    from depthrt.backends.ort import OrtRunner
+    from depthrt.samples import synthetic_image
+
+    photos = [synthetic_image(height, width, seed=s).astype(np.float32) for s in seeds]
+    grey = np.repeat(photos[0].mean(axis=2, keepdims=True), 3, axis=2)
+    images = np.stack([p.transpose(2, 0, 1) for p in (*photos, grey)]) / np.float32(127.5) - np.float32(1)
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    latents = OrtRunner(encoder).run({"image": images})["latent"]
+    gauss = rng.standard_normal(latents.shape, dtype=np.float32)
+    return {"vae_encoder": [{"image": images}], "vae_decoder": [{"latent": latents}, {"latent": gauss}]}
+
+
 def diffusion_calibration(bundle: Path, graphs: dict, loop: dict, edge: int = CALIBRATION_EDGE) -> dict:
     """Realistic fp32 inputs of a latent-diffusion bundle's graphs, from its manifest alone.
 
@@ -416,19 +435,11 @@ def diffusion_calibration(bundle: Path, graphs: dict, loop: dict, edge: int = CA
     """
     import numpy as np
 
-    from depthrt.backends.ort import OrtRunner
-    from depthrt.samples import synthetic_image
-
     enc = graphs["vae_encoder"]
-    h, w = _fit(enc, "height", 3 * edge // 4), _fit(enc, "width", edge)
-    photos = [synthetic_image(h, w, seed=s).astype(np.float32) for s in (0, 1)]
-    grey = np.repeat(photos[0].mean(axis=2, keepdims=True), 3, axis=2)
-    images = np.stack([p.transpose(2, 0, 1) for p in (*photos, grey)]) / np.float32(127.5) - np.float32(1)
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    latents = OrtRunner(bundle / enc["file"]).run({"image": images})["latent"]
     rng = np.random.default_rng(0)
-    gauss = rng.standard_normal(latents.shape, dtype=np.float32)
-    feeds = {"vae_encoder": [{"image": images}], "vae_decoder": [{"latent": latents}, {"latent": gauss}]}
+    feeds = vae_calibration(bundle / enc["file"], _fit(enc, "height", 3 * edge // 4), _fit(enc, "width", edge),
+                            (0, 1), rng)
+    latents = feeds["vae_decoder"][0]["latent"]
     unet = graphs["unet"]
     inputs = {t["name"]: t for t in unet["inputs"]}
     cin, c = int(inputs["sample"]["shape"][1]), latents.shape[1]
