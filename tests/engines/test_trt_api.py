@@ -20,7 +20,7 @@ needs_lean = pytest.mark.skipif(LEAN is None, reason="TensorRT 11's lean runtime
                                                      "pip install tensorrt-lean-cu13")
 needs_rtx = pytest.mark.skipif(RTX is None, reason="TensorRT-RTX is not installed: "
                                                    "pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs")
-needs_both = [needs_lean, needs_rtx]
+pytestmark = [needs_lean, needs_rtx]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,6 @@ def builder_uses():
     return collect_files(BUILDER_FILES, REFERENCES)
 
 
-@needs_lean
-@needs_rtx
 def test_the_collector_sees_the_calls_that_matter(runtime_uses, builder_uses):
     # A guard against a collector that silently finds nothing; the checks below use everything it finds.
     runtime = {u.name for u in runtime_uses}
@@ -45,15 +43,11 @@ def test_the_collector_sees_the_calls_that_matter(runtime_uses, builder_uses):
             "OnnxParser.parse_from_file", "IProgressMonitor.phase_start"} <= builder
 
 
-@needs_lean
-@needs_rtx
 def test_runner_names_exist_in_tensorrt_11_lean_and_tensorrt_rtx(runtime_uses):
     assert missing(runtime_uses, LEAN) == []
     assert missing(runtime_uses, RTX) == []
 
 
-@needs_lean
-@needs_rtx
 def test_builder_names_exist_in_tensorrt_rtx_and_tensorrt_11(builder_uses):
     assert missing(builder_uses, RTX) == []
     assert missing(builder_uses, LEAN, required=False) == []
@@ -80,8 +74,6 @@ def run(data: bytes):
 '''
 
 
-@needs_lean
-@needs_rtx
 def test_a_name_tensorrt_11_removed_fails_the_check():
     uses = Collector(REFERENCES).collect(BAD_BUILDER)
     problems = "\n".join(missing(uses, RTX) + missing(uses, LEAN, required=False))
@@ -94,8 +86,6 @@ def test_a_name_tensorrt_11_removed_fails_the_check():
     assert "tensorrt_lean has no BuilderFlag.FP16" in problems  # checked against the real module, not a list
 
 
-@needs_lean
-@needs_rtx
 def test_a_removed_name_added_to_our_builder_fails_the_check():
     """What the test above proves on a snippet, on our own builder with one line added."""
     source = next(p for p in BUILDER_FILES if p.name == "trt_build.py").read_text(encoding="utf-8")
