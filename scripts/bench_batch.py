@@ -110,8 +110,9 @@ def stage_costs(est, path: Path, out: Path, repeat: int = 5) -> dict:
     import numpy as np
 
     from depthrt.imageio import read_image
-    from depthrt.outputs import write_map
+    from depthrt.outputs import suffixes, write_map
 
+    suffix = suffixes()
     names = ("decode + preprocess", "inference", "postprocess + encode + write")
     wall: dict = {k: [] for k in names}
     cpu: dict = {k: [] for k in names}
@@ -122,8 +123,8 @@ def stage_costs(est, path: Path, out: Path, repeat: int = 5) -> dict:
         row = est.infer_each([tensor])[0]
         marks.append((time.perf_counter(), time.process_time()))
         pred = est.postprocess(row, meta)
-        for kind, suffix in (("png16", ".depth.png"), ("color", ".color.png")):
-            write_map(kind, out / f"s{i}{suffix}", pred)
+        for kind in ("png16", "color"):
+            write_map(kind, out / f"s{i}{suffix[kind]}", pred)
         marks.append((time.perf_counter(), time.process_time()))
         for k, (a, b) in zip(names, zip(marks, marks[1:])):
             wall[k].append((b[0] - a[0]) * 1000)
