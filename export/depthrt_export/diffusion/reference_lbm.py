@@ -155,7 +155,6 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
     estimator = load_diffusion(bundle, manifest, backend, precision)
     resolution = loop["processing_resolution"] if processing_resolution is None else processing_resolution
     task, f = loop["task"], loop["vae_scale_factor"]
-    tiles = loop.get("decoder_tiles") or DECODER_TILES  # null in bundles exported before depthrt tiled
     rows = []
     for i, (h, w) in enumerate(sizes):
         image = synthetic_image(h, w, seed=i)
@@ -164,7 +163,7 @@ def run_check(bundle, weights: str | None = None, backend: str = "ort-cpu", prec
             noise = np.random.default_rng(seed + i).standard_normal(
                 (n - 1, loop["latent_channels"], bh // f, bw // f)).astype(np.float32)
             ref = run_lbm_reference(unet, vae, ckpt, image, task, n, noise[:, None], resolution=resolution,
-                                    tile=tiles["latent_tile"], overlap=tiles["overlap"])
+                                    tile=estimator.tile, overlap=estimator.overlap)  # the bundle's, or upstream's
             pred = estimator.predict(image, num_inference_steps=n, processing_resolution=resolution, latents=noise)
             ours = pred.normals if task == "normals" else pred.depth
             rows.append({"image": f"synthetic {w}x{h}", "size": f"{w}x{h}", "steps": n, "ensemble": 1,
