@@ -211,10 +211,6 @@ def polygraphy_command(bundle: Path, graph: dict, runner: str = "onnxrt") -> lis
     return argv
 
 
-def format_command(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
-
-
 def polygraphy_trt_missing() -> str | None:
     """Why Polygraphy's TensorRT runner cannot work here (what to install), or None."""
     from depthrt.backends.trt import load_tensorrt
@@ -347,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [g["file"] for g in graphs if "parity_kit" not in g]
     for graph in graphs:
         if "parity_kit" in graph:
-            print(format_command(polygraphy_command(Path(args.bundle), graph, "trt" if args.trt else "onnxrt")))
+            print(shlex.join(polygraphy_command(Path(args.bundle), graph, "trt" if args.trt else "onnxrt")))
     if missing:
         print(f"kit: no parity kit for {', '.join(missing)}: re-export the bundle with this depthrt (with its check)",
               file=sys.stderr)
