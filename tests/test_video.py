@@ -274,7 +274,9 @@ def test_error_before_any_frame_is_written_leaves_no_file(tmp_path):
     assert result.output is None and list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_finalises_output_and_stats(bundle, tmp_path):
+def interrupted_video_run(bundle: Path, tmp_path: Path, times: int = 1, timeout: float = 60):
+    """`depthrt video` of a 1500-frame clip to a file, sent Ctrl-C ``times`` times (50 ms apart) 1.5 s
+    after its start line; -> (exit code, stderr, output video, stats JSON)."""
     clip = make_clip(tmp_path / "long.mp4", 1500)
     out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -284,10 +286,18 @@ def test_ctrl_c_finalises_output_and_stats(bundle, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     started = proc.stderr.readline()  # the start line comes once the model is loaded
     assert "Ctrl-C to stop" in started, started + proc.stderr.read()
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr  # a file cut short
+    time.sleep(1.5)  # some frames in
+    for n in range(times):
+        if n:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=timeout)
+    return proc.returncode, stderr, out, stats
+
+
+def test_ctrl_c_finalises_output_and_stats(bundle, tmp_path):
+    returncode, stderr, out, stats = interrupted_video_run(bundle, tmp_path)
+    assert returncode == 130, stderr  # a file cut short
     assert "Traceback" not in stderr
     s = json.loads(stats.read_text())
     assert s["stopped_by"] == "interrupt" and 0 < s["frames"]["out"] < 1500
