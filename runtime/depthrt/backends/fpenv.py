@@ -21,23 +21,22 @@ import ctypes
 import ctypes.util
 import sys
 from contextlib import contextmanager
+from functools import lru_cache
 
 _ENV_BYTES = 128  # fenv_t is 32 bytes on x86-64 glibc, 16 on macOS, 8 on Windows and arm64: room for any
-_state: dict = {}
 
 
+@lru_cache(maxsize=1)
 def _libm():
-    if "lib" not in _state:
-        lib = None
-        try:
-            name = "ucrtbase" if sys.platform == "win32" else ctypes.util.find_library("m")
-            if name:
-                lib = ctypes.CDLL(name)
-                lib.fegetenv.argtypes = lib.fesetenv.argtypes = [ctypes.c_void_p]
-        except (OSError, AttributeError):
-            lib = None
-        _state["lib"] = lib
-    return _state["lib"]
+    try:
+        name = "ucrtbase" if sys.platform == "win32" else ctypes.util.find_library("m")
+        if not name:
+            return None
+        lib = ctypes.CDLL(name)
+        lib.fegetenv.argtypes = lib.fesetenv.argtypes = [ctypes.c_void_p]
+        return lib
+    except (OSError, AttributeError):
+        return None
 
 
 def available() -> bool:
