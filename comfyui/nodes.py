@@ -128,7 +128,9 @@ def tensor_from_rgb(rgbs: list[np.ndarray]):
     """B uint8 H x W x 3 arrays -> a ComfyUI IMAGE (torch float32 B x H x W x 3, value / 255)."""
     import torch
 
-    return torch.from_numpy(np.stack(rgbs).astype(np.float32) / np.float32(255))  # numpy: faster than torch here
+    batch = np.stack(rgbs, dtype=np.float32)  # one float array (no uint8 stack), then divided in place
+    batch /= np.float32(255)  # numpy: faster than torch here
+    return torch.from_numpy(batch)
 
 
 def mask_from(preds, shape: tuple[int, int]):
