@@ -52,18 +52,17 @@ def test_measure_gives_our_row_and_reuses_it(tmp_path):
     assert again["seconds"] == -1.0  # reused, not converted again
 
 
-def _fake_python(tmp_path: Path, driver_exit: int) -> str:
-    """An interpreter stand-in: imports succeed, the AutoCast driver exits with ``driver_exit``."""
+def _fake_python(tmp_path: Path, driver: str) -> str:
+    """An interpreter stand-in: imports succeed, the AutoCast driver runs the shell lines ``driver``."""
     exe = tmp_path / "fake-python"
-    exe.write_text("#!/bin/sh\ncase \"$2\" in\n  import*) exit 0;;\nesac\n"
-                   f"echo 'ValueError: no autocast here' >&2\nexit {driver_exit}\n")
+    exe.write_text("#!/bin/sh\ncase \"$2\" in\n  import*) exit 0;;\nesac\n" + driver)
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     return str(exe)
 
 
 def test_autocast_failure_is_a_row_not_a_crash(tmp_path):
     feed = _graph(tmp_path / "g.onnx")
-    python = compare_fp16.autocast_python(_fake_python(tmp_path, 1))
+    python = compare_fp16.autocast_python(_fake_python(tmp_path, "echo 'ValueError: no autocast here' >&2\nexit 1\n"))
     ours, theirs = compare_fp16.measure("g", tmp_path / "g.onnx", [feed], [feed], None, False, python, 512.0,
                                         tmp_path)
     assert "error" not in ours
@@ -73,11 +72,10 @@ def test_autocast_failure_is_a_row_not_a_crash(tmp_path):
 
 def test_autocast_out_of_memory_runs_again_without_its_reference_run(tmp_path):
     feed = _graph(tmp_path / "g.onnx")
-    exe = tmp_path / "fake-python"  # killed (SIGKILL, as the OOM killer does) unless data_max is inf
-    exe.write_text("#!/bin/sh\ncase \"$2\" in\n  import*) exit 0;;\nesac\n"
-                   "if [ \"$6\" = inf ]; then cp \"$3\" \"$4\"; echo 'AUTOCAST 1.5 0.25'; exit 0; fi\nkill -9 $$\n")
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    _, theirs = compare_fp16.measure("g", tmp_path / "g.onnx", [feed], [feed], None, False, str(exe), 512.0,
+    # killed (SIGKILL, as the OOM killer does) unless data_max is inf
+    exe = _fake_python(tmp_path, "if [ \"$6\" = inf ]; then cp \"$3\" \"$4\"; echo 'AUTOCAST 1.5 0.25'; exit 0; fi\n"
+                                 "kill -9 $$\n")
+    _, theirs = compare_fp16.measure("g", tmp_path / "g.onnx", [feed], [feed], None, False, exe, 512.0,
                                      tmp_path)
     assert theirs["calibration"].startswith("no reference run") and theirs["seconds"] == 1.5
     assert theirs["rel_l2"] == 0.0 and theirs["finite"] and theirs["peak_gb"] == 0.2
