@@ -24,7 +24,7 @@ class LocalRun:
 
     def __init__(self, est, jobs: list[Job], force: bool, batch_size: int, decoders: int = 2,
                  writers: int = 2, progress=None):
-        self.est, self.jobs, self.force, self.batch_size = est, jobs, force, batch_size
+        self.est, self.force, self.batch_size = est, force, batch_size
         self.decoders, self.writers, self.progress = max(1, decoders), max(1, writers), progress
         self.halt = threading.Event()  # abort at once (second Ctrl-C, or a bug)
         self.stopping = threading.Event()  # take no new images
