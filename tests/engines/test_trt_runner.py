@@ -37,7 +37,6 @@ def fake(monkeypatch, tmp_path):
     plan.write_bytes(PLAN_MAGIC + b"engine")
 
     def make(**options):
-        state["installed"] = options.pop("installed", state["installed"])
         if options:
             state["cuda"] = FakeCudart(refuse_capture=options.get("refuse_capture", False))
             state["trt"] = FakeTensorRT(state["cuda"], fail_execute=options.get("fail_execute", False))
