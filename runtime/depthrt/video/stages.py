@@ -50,12 +50,11 @@ class FrameModel:
         """Fail before the run when frames of this size are a model input the graph cannot run."""
         h, w = self.model_size(height, width)
         for axis, size in (("height", h), ("width", w)):
-            r = self.est.size_limits.get(axis)
-            if r and (size < r["min"] or (r["max"] is not None and size > r["max"])):
-                change = "a larger" if size < r["min"] else "a smaller"
+            problem = size_problem(self.est.graph, {axis: size})
+            if problem:
+                change = "a larger" if size < self.est.size_limits[axis]["min"] else "a smaller"
                 how = f"pass {change} --resolution" if self.resolution else "pass --resolution N to change it"
-                raise InputError(f"{width}x{height} frames become a {w}x{h} model input: "
-                                 f"{size_problem(self.est.graph, {axis: size})}; {how}")
+                raise InputError(f"{width}x{height} frames become a {w}x{h} model input: {problem}; {how}")
         return h, w
 
     def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, dict]:
