@@ -282,8 +282,8 @@ class DiffusionEstimator:
                 if lat is not None:
                     lat = np.asarray(lat, dtype=_F32)
                 preds.append(self.predict_one(im, steps, int(ensemble_size), int(resolution), rng, lat, where))
-                if progress is not None and done < (i + 1) * total // len(images):
-                    done = (i + 1) * total // len(images)
+                if progress is not None and done < (i + 1) * per_image:
+                    done = (i + 1) * per_image
                     progress(done, total)
         finally:
             self._on_step = None
