@@ -40,9 +40,6 @@ class Series:
         self.total += value
         self.recent.append(value)
 
-    def __len__(self) -> int:
-        return self.count
-
     def sample(self) -> np.ndarray:
         return self._sample[: min(self.count, self._sample.size)]
 
