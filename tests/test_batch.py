@@ -107,6 +107,14 @@ def test_inputs_from_a_glob_and_a_list_file_name_outputs_stably(tmp_path):
     assert len(folder_files) == 3  # notes.txt is not an image
 
 
+def test_a_file_listed_twice_is_one_job_with_its_plain_name(tmp_path):
+    image = tmp_path / "in" / "x.jpg"
+    image.parent.mkdir()
+    Image.new("RGB", (30, 20)).save(image)
+    jobs = make_jobs(tmp_path / "in", [str(image), str(image)], tmp_path / "out", ["png16"], normals=False)
+    assert [Path(j.targets[0][1]).name for j in jobs] == ["x.depth.png"]  # not x.jpg.depth.png
+
+
 def test_existing_maps_are_kept_without_force_and_replaced_with_it(bundle, tmp_path):
     make_tree(tmp_path / "in", count=3, bad=False)
     out = tmp_path / "out"

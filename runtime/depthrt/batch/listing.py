@@ -121,7 +121,7 @@ def make_jobs(root: Path, files: list[str], out: Path, kinds: list[str], normals
         rel = os.path.relpath(os.path.abspath(f), root_abs)
         rels.append(rel if not rel.startswith("..") else os.path.basename(f))
     stems: dict[tuple[str, str], int] = {}
-    for rel in rels:
+    for rel in dict.fromkeys(rels):  # a file listed twice is one input: it must not look like a same-stem pair
         key = (os.path.dirname(rel), Path(rel).stem)
         stems[key] = stems.get(key, 0) + 1
     jobs, seen = [], set()
