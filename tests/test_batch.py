@@ -208,6 +208,20 @@ def test_batch_size_outside_the_graph_range_is_refused(bundle, tmp_path):
         batch.run(bundle, str(tmp_path / "in"), tmp_path / "o", workers=2)
 
 
+def test_gpu_backends_batch_to_the_graph_max_and_cpu_backends_one_at_a_time():
+    # One list says which backends run on the GPU: the local default batch here, Ray's GPU requests.
+    from types import SimpleNamespace
+
+    from depthrt.backends import GPU_BACKENDS
+    from depthrt.batch.core import batch_limit
+
+    assert set(GPU_BACKENDS) == {"trt", "trt-rtx", "ort-cuda"}
+    graph = {"dynamic": {"batch": {"min": 1, "opt": 4, "max": 8}}}
+    assert {b: batch_limit(SimpleNamespace(graph=graph, backend=b), None)
+            for b in ("trt", "trt-rtx", "ort-cuda", "openvino", "ort-cpu")} == \
+        {"trt": 8, "trt-rtx": 8, "ort-cuda": 8, "openvino": 1, "ort-cpu": 1}
+
+
 def test_progress_line_shows_rate_and_eta():
     from depthrt.progress import Counter
 

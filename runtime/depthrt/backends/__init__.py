@@ -27,7 +27,7 @@ log = logging.getLogger("depthrt")
 _MODULES = {"trt": "trt", "trt-rtx": "trt", "ort-cuda": "ort", "openvino": "openvino", "ort-cpu": "ort"}
 BACKENDS = ("auto", *_MODULES)
 PRECISIONS = ("fp32", "fp16", "bf16")
-GPU_BACKENDS = ("trt", "ort-cuda")
+GPU_BACKENDS = ("trt", "trt-rtx", "ort-cuda")  # run on an NVIDIA GPU: batch to the graph's max, ask Ray for GPUs
 
 
 def usable_cores() -> int:

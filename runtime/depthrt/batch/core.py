@@ -56,7 +56,7 @@ def batch_limit(est, requested: int | None) -> int:
     if requested is None:
         from ..backends import GPU_BACKENDS
 
-        return top if est.backend in GPU_BACKENDS or est.backend == "trt-rtx" else 1
+        return top if est.backend in GPU_BACKENDS else 1
     from ..errors import InputError
 
     if requested < 1 or requested > top:
