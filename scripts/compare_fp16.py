@@ -104,22 +104,10 @@ DIFFUSION_EDGE = 256  # VAE images 256x256, latents (and the UNet) 32x32: a redu
 
 def write_feedforward(name: str, folder: Path) -> Path:
     """A random-weight checkpoint of ``name`` at the real size, in the published layout."""
-    import torch
-    import transformers
-
-    from depthrt_export.tiny import VARIANTS, _centre_final_conv, _mark_untrained, _spread_weights
+    from depthrt_export.tiny import VARIANTS, write_random_transformers
 
     _, arch, make_config, tiny, _ = FEEDFORWARD[name]
-    torch.manual_seed(0)
-    model = getattr(transformers, arch)(make_config()).eval()
-    _spread_weights(model)  # transformers' std-0.02 init makes a near-constant map (see depthrt_export.tiny)
-    if arch.startswith("DepthAnything"):
-        _centre_final_conv(model, model.head.conv3)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    (folder / "preprocessor_config.json").write_text(json.dumps(VARIANTS[tiny][2], indent=2) + "\n")
-    _mark_untrained(folder, name, 0)
-    return folder
+    return write_random_transformers(arch, make_config(), VARIANTS[tiny][2], folder, name, seed=0)
 
 
 def export_feedforward(name: str, work: Path) -> Path:

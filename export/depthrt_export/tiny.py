@@ -166,9 +166,6 @@ def write_tiny(variant: str, folder: str | Path, seed: int = 0, pickle: bool = F
 
     ``pickle=True`` writes ``pytorch_model.bin`` instead of safetensors (to test the refusal).
     """
-    import torch
-    import transformers
-
     if variant in DIFFUSION_VARIANTS:  # diffusers / published-yaml layouts
         import importlib
 
@@ -184,20 +181,33 @@ def write_tiny(variant: str, folder: str | Path, seed: int = 0, pickle: bool = F
     if variant not in VARIANTS:
         raise KeyError(f"unknown tiny variant '{variant}' (known: {', '.join(VARIANTS)})")
     arch, make_config, pp = VARIANTS[variant]
+    # ZoeDepth's bin head averages bin centres; with random weights the map stays within 0.02%
+    # of its mean, so centred parity figures would measure float32 rounding. Amplifying the
+    # neck 3x makes the map vary 25x more (about 0.5% of its mean) while its fp16 variant
+    # stays finite (5x overflowed fp16 in the neck's fusion convolutions).
+    neck_scale = 3.0 if arch.startswith("ZoeDepth") else 1.0
+    return write_random_transformers(arch, make_config(), pp, folder, variant, seed, pickle, neck_scale)
+
+
+def write_random_transformers(arch: str, config, preprocessor: dict, folder: str | Path, label: str,
+                              seed: int = 0, pickle: bool = False, neck_scale: float = 1.0) -> Path:
+    """A random-weight transformers ``arch`` built from ``config``, saved in the published layout
+    (weights, config.json, ``preprocessor`` as preprocessor_config.json) and marked untrained as
+    ``label``. Weights are spread so the map is not near-constant; ``neck_scale`` multiplies the
+    neck's weights (see write_tiny for ZoeDepth)."""
+    import torch
+    import transformers
+
     torch.manual_seed(seed)
-    model = getattr(transformers, arch)(make_config()).eval()
+    model = getattr(transformers, arch)(config).eval()
     _spread_weights(model)
     if arch.startswith("DepthAnything"):
         _centre_final_conv(model, model.head.conv3)
-    if arch.startswith("ZoeDepth"):
-        # ZoeDepth's bin head averages bin centres; with random weights the map stays within 0.02%
-        # of its mean, so centred parity figures would measure float32 rounding. Amplifying the
-        # neck 3x makes the map vary 25x more (about 0.5% of its mean) while its fp16 variant
-        # stays finite (5x overflowed fp16 in the neck's fusion convolutions).
+    if neck_scale != 1.0:
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.startswith("neck.") and name.endswith("weight"):
-                    param.mul_(3.0)
+                    param.mul_(neck_scale)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=not pickle)
@@ -206,8 +216,8 @@ def write_tiny(variant: str, folder: str | Path, seed: int = 0, pickle: bool = F
             extra.unlink()
         if not (folder / "pytorch_model.bin").exists():
             torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    (folder / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
-    _mark_untrained(folder, variant, seed)
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    _mark_untrained(folder, label, seed)
     return folder
 
 
