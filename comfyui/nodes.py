@@ -20,6 +20,7 @@ import depthrt
 from depthrt.errors import InputError
 from depthrt.estimator import DIFFUSION_FAMILIES
 from depthrt.imageio import normals_to_rgb, to_controlnet
+from depthrt.manifest import batch_max
 from depthrt.normals import DEFAULT_A, DEFAULT_BG_THRESHOLD, normals_from_depth
 
 FOLDER = "depthrt"  # models/depthrt/<bundle>/, and the extra_model_paths.yaml key
@@ -180,7 +181,7 @@ def predict(model, image, processing_resolution: int = 0, steps: int = 0, ensemb
         return model.predict(images, progress=progress, **options)
     # Feed-forward graphs take up to their batch range at once; calling predict per such chunk adds no
     # inference call, and lets the progress bar and the cancel button act during a long video batch.
-    chunk = model.graph["dynamic"].get("batch", {}).get("max", 1)
+    chunk = batch_max(model.graph)
     preds: list = []
     for start in range(0, len(images), chunk):
         offset = len(preds)

@@ -13,7 +13,7 @@ import numpy as np
 from . import processing
 from .backends import open_graph, resolve_backend
 from .errors import InputError
-from .manifest import read_manifest, size_limits, size_problem
+from .manifest import batch_max, read_manifest, size_limits, size_problem
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Estimator:
         dyn = self.graph["dynamic"]
         self._ranges = {axis: dyn[axis] for axis in ("height", "width") if axis in dyn}
         self._limits = {axis: r for axis, r in size_limits(self.graph).items() if axis in ("height", "width")}
-        self._max_batch = dyn.get("batch", {}).get("max", 1)
+        self._max_batch = batch_max(self.graph)
 
     def __repr__(self) -> str:
         return f"Estimator({str(self.bundle)!r}, model={self.manifest['model']['name']!r}, backend={self.backend!r})"

@@ -88,6 +88,11 @@ def read_manifest(bundle: str | os.PathLike) -> dict:
     return manifest
 
 
+def batch_max(graph: dict) -> int:
+    """The most images ``graph`` takes in one run: its dynamic batch range's max, 1 without a batch axis."""
+    return int(graph["dynamic"].get("batch", {}).get("max", 1))
+
+
 def size_limits(graph: dict) -> dict:
     """{dim: {"min", "max" (None: no bound but memory), "multiple_of"}} for the named dynamic dims of
     ``graph`` but ``batch``: the sizes it runs at on backends without optimisation profiles (ONNX

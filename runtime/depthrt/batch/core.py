@@ -11,6 +11,7 @@ import numpy as np
 from .. import imageio
 from ..backends import first_line
 from ..errors import DepthrtError, OutputError
+from ..manifest import batch_max
 from ..outputs import write_map
 from .listing import Job
 
@@ -52,7 +53,7 @@ def batch_limit(est, requested: int | None) -> int:
     """The batch size: the user's, within the graph's batch range (default: 1 on the CPU backends,
     where batching gains little and OpenVINO's results change in the last bits with the batch size;
     the graph's maximum on the GPU)."""
-    top = max(1, int(est.graph["dynamic"].get("batch", {}).get("max", 1)))
+    top = max(1, batch_max(est.graph))
     if requested is None:
         from ..backends import GPU_BACKENDS
 

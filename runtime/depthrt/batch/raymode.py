@@ -26,6 +26,7 @@ import numpy as np
 
 from ..backends import GPU_BACKENDS, usable_cores
 from ..errors import BackendError, InputError
+from ..manifest import batch_max
 from .core import batch_limit, decode, describe, write_outputs
 from .listing import Job
 
@@ -206,7 +207,7 @@ def run_ray(bundle, manifest: dict, jobs: list[Job], out, *, address: str, backe
         ds = ray.data.from_items(items, override_num_blocks=blocks)
         ds = ds.map_batches(decode_batch, batch_size=small, num_cpus=0.5, fn_kwargs={"bundle": str(bundle),
                                                                                    "manifest": manifest})
-        graph_max = int(manifest["graphs"][0]["dynamic"].get("batch", {}).get("max", 1))
+        graph_max = batch_max(manifest["graphs"][0])
         per_call = max(small, batch_size or (graph_max if gpu else 1))  # rows an actor gets per call
         ds = ds.map_batches(InferActor, batch_size=per_call,
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus,
