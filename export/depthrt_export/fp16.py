@@ -244,6 +244,10 @@ def make_variant(bundle: str | Path, graph: dict, scopes=HEAD_SCOPES, keep_nodes
         "precision": "fp16",
         "fp32_islands": islands,
     })
+    if "parity_kit" in entry:  # the fp32 graph's Polygraphy kit (same inputs and reference), with fp16 limits
+        from .kit import with_tolerances
+
+        with_tolerances([entry])
     return entry
 
 
@@ -517,9 +521,6 @@ def add_fp16_variants(bundle: str | Path) -> dict:
         graphs += diffusion_variants(bundle, fp32, manifest["loop"])
     else:
         graphs += [make_variant(bundle, g) for g in fp32]
-    from .kit import with_tolerances
-
-    with_tolerances(graphs)  # a variant copied its fp32 graph's parity kit: give it the fp16 limits
     manifest["graphs"] = graphs
     validate_manifest(manifest, where="the manifest being written")
     write_json_atomic(bundle / MANIFEST_NAME, manifest)

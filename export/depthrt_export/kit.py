@@ -71,7 +71,7 @@ def tolerances(kit: dict, precision: str) -> dict:
 
 
 def with_tolerances(graphs: list[dict]) -> None:
-    """Set each kit's tolerances from its own entry's precision (an fp16 variant copies the fp32 kit)."""
+    """Set each kit's tolerances from its own entry's precision (make_variant gives an fp16 variant the fp32 kit)."""
     for graph in graphs:
         kit = graph.get("parity_kit")
         if kit is not None and graph.get("precision", "fp32") in LIMITS:

@@ -96,9 +96,6 @@ def export_diffusion_bundle(preset, weights: str | None, out_staging_dir: str | 
         release_memory()  # the UNet export's freed buffers, before the calibration run allocates its own
         with step("making the fp16 variants (fp32 islands: norms, softmax, and what overflows on a calibration run)"):
             fields["graphs"] = fields["graphs"] + diffusion_variants(out_staging_dir, fields["graphs"], fields["loop"])
-        from ..kit import with_tolerances
-
-        with_tolerances(fields["graphs"])  # the variants copied the fp32 graphs' kits: give them fp16 limits
     return fields
 
 
