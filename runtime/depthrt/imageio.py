@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import secrets
 import warnings
 from pathlib import Path
@@ -281,10 +280,6 @@ def ensure_output_dir(path) -> Path:
     except OSError as exc:
         raise fail(f"it is not writable ({exc.strerror or exc})") from exc
     return Path(name).absolute()
-
-
-# What _create_temp names its files: a killed run leaves these beside its targets.
-TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
 def _create_temp(directory: str, stem: str):

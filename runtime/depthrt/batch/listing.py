@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, OutputError
-from ..imageio import TEMP_NAME
 from ..outputs import suffixes
 
 #: File name endings read from folders and globs (what Pillow decodes); other files are ignored.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
+
+# depthrt.imageio writes through ".<name>.<12 hex>.tmp" beside the target: what a killed run leaves.
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
 
 @dataclass(frozen=True)
 class Job:
@@ -137,7 +141,7 @@ def remove_stale_temps(out: Path) -> int:
     removed = 0
     for dirpath, _, filenames in os.walk(out):
         for name in filenames:
-            if TEMP_NAME.match(name):
+            if _TEMP.match(name):
                 try:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
