@@ -129,6 +129,16 @@ def test_existing_maps_are_kept_without_force_and_replaced_with_it(bundle, tmp_p
     assert forced.done == 3 and mine.read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_stale_temp_pattern_matches_what_imageio_writes_through(tmp_path):
+    # batch keeps its own pattern (imageio stays free of `re`, test_imageio pins its imports): tie the two.
+    from depthrt.batch.listing import _TEMP
+    from depthrt.imageio import _create_temp
+
+    fd, made = _create_temp(str(tmp_path), "img000.depth.png")
+    os.close(fd)
+    assert _TEMP.match(os.path.basename(made)) and not _TEMP.match("img000.depth.png")
+
+
 def test_stale_temporary_files_of_a_killed_run_are_removed(bundle, tmp_path):
     make_tree(tmp_path / "in", count=1, bad=False)
     stale = tmp_path / "out" / "d0" / ".img000.depth.png.0123456789ab.tmp"
